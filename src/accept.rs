@@ -1,0 +1,406 @@
+//! The listener adapter: [`GracefulAccept`] accepts connections as usual until
+//! the drain starts, then empties the kernel's accept queue with non-blocking
+//! accepts and closes its socket, so no queued client is reset.
+
+use std::{
+    fmt,
+    future::{poll_fn, Future},
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::time::{Instant, Sleep};
+
+use crate::{io::TrackedIo, listener::DrainableListener, watch::Watch};
+
+/// Default [`GracefulAccept::queue_drain_limit`].
+pub const DEFAULT_QUEUE_DRAIN_LIMIT: usize = 65_536;
+
+/// Default [`GracefulAccept::queue_drain_timeout`].
+pub const DEFAULT_QUEUE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Default [`GracefulAccept::straggler_wait`].
+pub const DEFAULT_STRAGGLER_WAIT: Duration = Duration::from_millis(2);
+
+/// How long to wait before accepting again after an error such as `EMFILE`.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A listener that drains its accept queue before it closes.
+///
+/// Until the [`Watch`] is triggered, [`accept`](GracefulAccept::accept) is the
+/// wrapped listener's accept, with each connection wrapped in a [`TrackedIo`]
+/// that counts it as open. Once triggered, it stops waiting for new
+/// connections and accepts, without blocking, every connection the kernel has
+/// already queued, handing each to the server like any other; when the queue
+/// is empty (and stays empty for the [`straggler_wait`](Self::straggler_wait)),
+/// or a [limit](Self::queue_drain_limit) is reached, it closes the socket
+/// exactly once. From then on new connection attempts are refused and
+/// `accept` stays pending.
+///
+/// With the `axum` feature it implements `axum::serve::Listener`.
+///
+/// Errors never end the accept loop: connections aborted by the peer are
+/// skipped, and errors such as `EMFILE` (out of file descriptors) are logged
+/// and retried after a short pause.
+///
+/// # Cancel safety
+///
+/// [`accept`](GracefulAccept::accept) is cancel safe: all its state lives in
+/// the `GracefulAccept`, and it never holds an accepted connection across an
+/// await point.
+///
+/// # Example
+///
+/// ```
+/// use tower_drain::{GracefulAccept, Watch};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let watch = Watch::new();
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let addr = listener.local_addr()?;
+/// let mut listener = GracefulAccept::new(listener, watch.clone());
+///
+/// // A client connects, and the drain starts before the server accepted it.
+/// let _client = tokio::net::TcpStream::connect(addr).await?;
+/// watch.trigger();
+///
+/// // The queued connection is still handed over; then the socket closes.
+/// let (_io, _peer) = listener.accept().await;
+/// watch.listeners_closed().await;
+/// let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+/// assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+/// # Ok(())
+/// # }
+/// ```
+pub struct GracefulAccept<L> {
+    listener: Option<Open<L>>,
+    watch: Watch,
+    draining: Pin<Box<dyn Future<Output = ()> + Send>>,
+    state: State,
+    limits: Limits,
+}
+
+/// The open socket and its registration, dropped together: the socket first,
+/// then the registration, so `listeners_closed` implies the socket is closed.
+struct Open<L> {
+    listener: L,
+    _registration: Registration,
+}
+
+struct Registration {
+    watch: Watch,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.watch.inner.listener_closed();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    connections: usize,
+    timeout: Duration,
+    straggler_wait: Duration,
+}
+
+enum State {
+    Accepting,
+    /// Pausing after an accept error such as `EMFILE`.
+    Backoff(Pin<Box<Sleep>>),
+    Draining(Drain),
+    Closed,
+}
+
+struct Drain {
+    accepted: usize,
+    until: Instant,
+    /// Armed when the queue is first found empty.
+    stragglers: Option<Pin<Box<Sleep>>>,
+    /// Armed after an accept error while draining.
+    backoff: Option<Pin<Box<Sleep>>>,
+}
+
+impl<L: DrainableListener> GracefulAccept<L> {
+    /// Wraps `listener` so that it drains when `watch` is triggered.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let watch = tower_drain::Watch::new();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+    /// assert_eq!(watch.listeners(), 1);
+    /// # drop(listener);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new(listener: L, watch: Watch) -> Self {
+        watch.inner.listener_opened();
+        let draining = Box::pin(watch.draining());
+        Self {
+            listener: Some(Open {
+                listener,
+                _registration: Registration {
+                    watch: watch.clone(),
+                },
+            }),
+            watch,
+            draining,
+            state: State::Accepting,
+            limits: Limits {
+                connections: DEFAULT_QUEUE_DRAIN_LIMIT,
+                timeout: DEFAULT_QUEUE_DRAIN_TIMEOUT,
+                straggler_wait: DEFAULT_STRAGGLER_WAIT,
+            },
+        }
+    }
+
+    /// The most connections one drain accepts from the queue before closing
+    /// the socket anyway, so that a flood cannot keep it open. Default 65 536.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let listener = tower_drain::GracefulAccept::new(listener, watch).queue_drain_limit(1024);
+    /// # drop(listener);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn queue_drain_limit(mut self, connections: usize) -> Self {
+        self.limits.connections = connections;
+        self
+    }
+
+    /// The longest the queue drain may take before the socket is closed
+    /// anyway, so that continuous load cannot keep it open. Default 1 s.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let listener = tower_drain::GracefulAccept::new(listener, watch)
+    ///     .queue_drain_timeout(std::time::Duration::from_millis(200));
+    /// # drop(listener);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn queue_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.timeout = timeout;
+        self
+    }
+
+    /// Once the queue is empty, how long to keep accepting connections whose
+    /// handshake was still in flight when the drain started. Default 2 ms.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let listener = tower_drain::GracefulAccept::new(listener, watch)
+    ///     .straggler_wait(std::time::Duration::from_millis(10));
+    /// # drop(listener);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn straggler_wait(mut self, wait: Duration) -> Self {
+        self.limits.straggler_wait = wait;
+        self
+    }
+
+    /// The [`Watch`] this listener reports to.
+    pub fn watch(&self) -> &Watch {
+        &self.watch
+    }
+
+    /// The wrapped listener, or `None` once the drain has closed it.
+    pub fn get_ref(&self) -> Option<&L> {
+        self.listener.as_ref().map(|open| &open.listener)
+    }
+
+    /// The local address of the wrapped listener.
+    ///
+    /// # Errors
+    ///
+    /// Fails once the drain has closed the listener.
+    pub fn local_addr(&self) -> io::Result<L::Addr> {
+        match &self.listener {
+            Some(open) => open.listener.local_addr(),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the listener was closed by the drain",
+            )),
+        }
+    }
+
+    /// Accepts the next connection.
+    ///
+    /// After the drain has closed the listener, this never resolves.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: see the [type documentation](GracefulAccept#cancel-safety).
+    pub async fn accept(&mut self) -> (TrackedIo<L::Io>, L::Addr) {
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// Polls for the next connection; the poll form of
+    /// [`accept`](GracefulAccept::accept).
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<(TrackedIo<L::Io>, L::Addr)> {
+        loop {
+            if matches!(self.state, State::Accepting | State::Backoff(_)) && self.poll_triggered(cx) {
+                self.start_drain();
+            }
+            let Some(open) = &mut self.listener else {
+                return Poll::Pending;
+            };
+            let listener = &mut open.listener;
+            let step = match &mut self.state {
+                State::Closed => return Poll::Pending,
+                State::Accepting => match listener.poll_accept(cx) {
+                    Poll::Ready(Ok(conn)) => Step::Yield(conn),
+                    Poll::Ready(Err(e)) => Step::Error(e),
+                    Poll::Pending => return Poll::Pending,
+                },
+                State::Backoff(sleep) => {
+                    std::task::ready!(sleep.as_mut().poll(cx));
+                    self.state = State::Accepting;
+                    continue;
+                }
+                State::Draining(drain) => drain.poll_next(listener, &self.limits, &self.watch, cx),
+            };
+            match step {
+                Step::Yield(conn) => return Poll::Ready(self.track(conn)),
+                Step::Error(e) => self.on_error(e),
+                Step::Close => self.close(),
+                Step::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn poll_triggered(&mut self, cx: &mut Context<'_>) -> bool {
+        self.watch.is_draining() || self.draining.as_mut().poll(cx).is_ready()
+    }
+
+    fn start_drain(&mut self) {
+        tracing::debug!(local_addr = ?self.local_addr_for_log(), "draining the accept queue");
+        self.state = State::Draining(Drain {
+            accepted: 0,
+            until: Instant::now() + self.limits.timeout,
+            stragglers: None,
+            backoff: None,
+        });
+    }
+
+    fn track(&mut self, (io, addr): (L::Io, L::Addr)) -> (TrackedIo<L::Io>, L::Addr) {
+        (TrackedIo::new(io, &self.watch.inner), addr)
+    }
+
+    fn on_error(&mut self, error: io::Error) {
+        if is_transient(&error) {
+            tracing::debug!(%error, "accept failed; the peer gave up, skipping it");
+            return;
+        }
+        tracing::error!(%error, backoff = ?ACCEPT_ERROR_BACKOFF, "accept failed; retrying after a pause");
+        let sleep = Box::pin(tokio::time::sleep(ACCEPT_ERROR_BACKOFF));
+        match &mut self.state {
+            State::Draining(drain) => drain.backoff = Some(sleep),
+            state => *state = State::Backoff(sleep),
+        }
+    }
+
+    /// Closes the socket, once: later polls find `listener` empty.
+    fn close(&mut self) {
+        let accepted = match std::mem::replace(&mut self.state, State::Closed) {
+            State::Draining(drain) => drain.accepted,
+            _ => 0,
+        };
+        tracing::info!(
+            local_addr = ?self.local_addr_for_log(),
+            accepted_from_queue = accepted,
+            "closing the listener",
+        );
+        self.watch.inner.accepted_from_queue(accepted);
+        self.listener = None;
+    }
+
+    fn local_addr_for_log(&self) -> Option<L::Addr> {
+        self.listener.as_ref()?.listener.local_addr().ok()
+    }
+}
+
+/// What one turn of the accept state machine decided.
+enum Step<C> {
+    Yield(C),
+    Error(io::Error),
+    Close,
+    Pending,
+}
+
+impl Drain {
+    fn poll_next<L: DrainableListener>(
+        &mut self,
+        listener: &mut L,
+        limits: &Limits,
+        watch: &Watch,
+        cx: &mut Context<'_>,
+    ) -> Step<(L::Io, L::Addr)> {
+        if watch.inner.is_forced() || self.accepted >= limits.connections || Instant::now() >= self.until {
+            return Step::Close;
+        }
+        if let Some(backoff) = &mut self.backoff {
+            if backoff.as_mut().poll(cx).is_pending() {
+                return Step::Pending;
+            }
+            self.backoff = None;
+        }
+        match listener.try_accept() {
+            Ok(Some(conn)) => {
+                self.accepted += 1;
+                return Step::Yield(conn);
+            }
+            Ok(None) => {}
+            Err(e) => return Step::Error(e),
+        }
+        // The queue is empty: wait a little for handshakes still in flight.
+        let stragglers = self
+            .stragglers
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limits.straggler_wait)));
+        match listener.poll_accept(cx) {
+            Poll::Ready(Ok(conn)) => {
+                self.accepted += 1;
+                Step::Yield(conn)
+            }
+            Poll::Ready(Err(e)) => Step::Error(e),
+            Poll::Pending if stragglers.as_mut().poll(cx).is_ready() => Step::Close,
+            Poll::Pending => Step::Pending,
+        }
+    }
+}
+
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+impl<L: fmt::Debug> fmt::Debug for GracefulAccept<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GracefulAccept")
+            .field("listener", &self.listener.as_ref().map(|open| &open.listener))
+            .field("watch", &self.watch)
+            .finish_non_exhaustive()
+    }
+}

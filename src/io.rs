@@ -1,0 +1,194 @@
+//! The connection wrapper: [`TrackedIo`] counts a connection as open until it
+//! is dropped, notes when it reads its first byte, and fails it when the drain
+//! is forced.
+
+use std::{
+    fmt, io,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use futures_util::task::AtomicWaker;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::watch::{ForceSlot, Inner};
+
+pin_project! {
+    /// An accepted connection, as [`GracefulAccept`](crate::GracefulAccept)
+    /// hands it to the server.
+    ///
+    /// It forwards every `AsyncRead`/`AsyncWrite` call to the connection and
+    /// adds three things: the connection counts in
+    /// [`Watch::connections`](crate::Watch::connections) until this value is
+    /// dropped; its first read tells the [`Watch`](crate::Watch) the server
+    /// has started on it; and once the drain is forced every read and write
+    /// fails with [`io::ErrorKind::ConnectionAborted`], so the server drops it.
+    ///
+    /// ```
+    /// use tower_drain::{GracefulAccept, Watch};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let watch = Watch::new();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = listener.local_addr()?;
+    /// let mut listener = GracefulAccept::new(listener, watch.clone());
+    ///
+    /// let _client = tokio::net::TcpStream::connect(addr).await?;
+    /// let (io, _peer) = listener.accept().await;
+    /// assert_eq!(watch.connections(), 1);
+    /// io.get_ref().set_nodelay(true)?;
+    /// drop(io);
+    /// assert_eq!(watch.connections(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub struct TrackedIo<I> {
+        #[pin]
+        io: I,
+        token: ConnectionToken,
+    }
+}
+
+impl<I> TrackedIo<I> {
+    pub(crate) fn new(io: I, inner: &Arc<Inner>) -> Self {
+        Self {
+            io,
+            token: ConnectionToken::new(inner),
+        }
+    }
+
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &I {
+        &self.io
+    }
+
+    /// The wrapped connection, mutably. Reading from it directly bypasses the
+    /// first-byte tracking.
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.io
+    }
+}
+
+impl<I: fmt::Debug> fmt::Debug for TrackedIo<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackedIo")
+            .field("io", &self.io)
+            .field("awaiting_first_byte", &self.token.awaiting_first_byte)
+            .finish()
+    }
+}
+
+/// A connection's registration with the [`Watch`](crate::Watch), released on drop.
+struct ConnectionToken {
+    inner: Arc<Inner>,
+    key: usize,
+    force: ForceSlot,
+    awaiting_first_byte: bool,
+}
+
+impl ConnectionToken {
+    fn new(inner: &Arc<Inner>) -> Self {
+        let force = Arc::new(AtomicWaker::new());
+        let key = inner.connection_opened(force.clone());
+        Self {
+            inner: inner.clone(),
+            key,
+            force,
+            awaiting_first_byte: true,
+        }
+    }
+
+    /// Fails the operation if the drain is forced.
+    fn check_forced(&self) -> io::Result<()> {
+        if self.inner.is_forced() {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed: the drain was forced",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Wraps an inner poll: fails it once forced, and when it is pending,
+    /// registers the task to be woken by a force. The force flag is checked
+    /// after registering, so a force in between cannot be missed.
+    fn guard<T>(
+        &self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        self.check_forced()?;
+        let result = poll(cx);
+        if result.is_pending() {
+            self.force.register(cx.waker());
+            self.check_forced()?;
+        }
+        result
+    }
+
+    fn first_byte_read(&mut self) {
+        if std::mem::take(&mut self.awaiting_first_byte) {
+            self.inner.first_byte_read();
+        }
+    }
+}
+
+impl Drop for ConnectionToken {
+    fn drop(&mut self) {
+        self.first_byte_read();
+        self.inner.connection_closed(self.key);
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let result = ready!(this.token.guard(cx, |cx| this.io.poll_read(cx, buf)));
+        // Any outcome, data, end of stream or error, means the server is
+        // reading this connection and will not drop it unanswered.
+        this.token.first_byte_read();
+        Poll::Ready(result)
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for TrackedIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        this.token.guard(cx, |cx| this.io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        this.token.guard(cx, |cx| this.io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        this.token
+            .guard(cx, |cx| this.io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

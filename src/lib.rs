@@ -1,0 +1,80 @@
+//! Lossless graceful shutdown for tokio, tower, hyper and axum servers.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use tower_drain::{DrainLayer, GracefulAccept, Watch};
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let watch = Watch::new(); // or Watch::builder().grace(..).build()
+//!     watch.trigger_on_signals()?; // SIGTERM/SIGINT drains, a second one forces
+//!
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     let listener = GracefulAccept::new(listener, watch.clone());
+//!     let app = Router::new()
+//!         .route("/", get(|| async { "hello" }))
+//!         .layer(DrainLayer::new(watch.clone()));
+//! #   watch.trigger(); // so that this example ends
+//!
+//!     axum::serve(listener, app)
+//!         .with_graceful_shutdown(watch.shutdown_signal())
+//!         .await?;
+//!     println!("{}", watch.drained().await);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Why
+//!
+//! When a server closes its listening socket, Linux resets every connection
+//! that finished its TCP handshake but was not accepted yet. Those clients
+//! have usually sent their request already and see `ECONNRESET`, not knowing
+//! whether it was processed. `axum::serve(..).with_graceful_shutdown(..)`
+//! closes the socket the moment its signal fires, and hyper then drops every
+//! connection that has not read a byte yet.
+//!
+//! # How
+//!
+//! The drain runs in this order once the [`Watch`] is triggered:
+//!
+//! 1. [`DrainLayer`] marks HTTP/1 responses `Connection: close`.
+//! 2. Each [`GracefulAccept`] stops waiting for new connections, accepts
+//!    everything already queued in the kernel (bounded in count and time) and
+//!    hands it to the server, then closes its socket: later clients are
+//!    refused, which they can safely retry.
+//! 3. [`Watch::shutdown_signal`] resolves once the listeners are closed and
+//!    every connection has read its first byte (or stayed silent for the
+//!    first-byte grace): axum stops, and hyper finishes in-flight requests and
+//!    closes idle connections.
+//! 4. [`Watch::drained`] resolves with a [`DrainReport`] when the last
+//!    connection and request are gone.
+//! 5. At the deadline ([`WatchBuilder::grace`]) or on a second trigger, every
+//!    connection still open is closed, so `serve` returns.
+//!
+//! Every step is logged with `tracing` under the `tower_drain` target.
+//!
+//! # Features
+//!
+//! - `axum` (default): `axum::serve::Listener` for [`GracefulAccept`], and
+//!   [`Watch`] as an extractor.
+
+mod accept;
+#[cfg(feature = "axum")]
+mod axum;
+mod io;
+mod layer;
+mod listener;
+mod report;
+mod signal;
+mod watch;
+
+pub use crate::accept::{
+    GracefulAccept, DEFAULT_QUEUE_DRAIN_LIMIT, DEFAULT_QUEUE_DRAIN_TIMEOUT, DEFAULT_STRAGGLER_WAIT,
+};
+#[cfg(feature = "axum")]
+pub use crate::axum::MissingWatch;
+pub use crate::io::TrackedIo;
+pub use crate::layer::{DrainBody, DrainLayer, DrainService, ResponseFuture};
+pub use crate::listener::DrainableListener;
+pub use crate::report::DrainReport;
+pub use crate::watch::{Phase, Watch, WatchBuilder, DEFAULT_FIRST_BYTE_GRACE, DEFAULT_GRACE};

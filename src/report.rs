@@ -1,0 +1,74 @@
+//! What a finished drain did: the counts and timings of [`DrainReport`].
+
+use std::{fmt, time::Duration};
+
+/// What happened during a drain, available from [`Watch::drained`] and
+/// [`Watch::report`] once it has ended.
+///
+/// [`Watch::drained`]: crate::Watch::drained
+/// [`Watch::report`]: crate::Watch::report
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let watch = tower_drain::Watch::new();
+/// watch.trigger();
+/// let report = watch.drained().await;
+/// assert_eq!(report.accepted_from_queue, 0);
+/// println!("{report}");
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Connections accepted from the kernel's accept queues after the trigger,
+    /// which closing the listeners straight away would have reset.
+    pub accepted_from_queue: usize,
+    /// Requests that finished (their response body ended or was dropped)
+    /// after the trigger.
+    pub requests_completed: usize,
+    /// Connections still open when the drain was forced, and so closed.
+    pub connections_forced: usize,
+    /// Why the drain was forced (`"deadline"`, `"second trigger"` or
+    /// `"force()"`), or `None` if it ended cleanly.
+    pub forced: Option<&'static str>,
+    /// From the trigger until every listener had drained its queue and closed.
+    pub closing_listeners: Duration,
+    /// From the listeners closing until the last connection and request ended.
+    pub closing_connections: Duration,
+}
+
+impl DrainReport {
+    /// From the trigger until the drain ended.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let watch = tower_drain::Watch::new();
+    /// watch.trigger();
+    /// assert!(watch.drained().await.total() < std::time::Duration::from_secs(1));
+    /// # }
+    /// ```
+    pub fn total(&self) -> Duration {
+        self.closing_listeners + self.closing_connections
+    }
+}
+
+impl fmt::Display for DrainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} requests completed, {} connections forced",
+            self.total(),
+            self.closing_listeners,
+            self.closing_connections,
+            self.accepted_from_queue,
+            self.requests_completed,
+            self.connections_forced,
+        )?;
+        match self.forced {
+            Some(cause) => write!(f, " ({cause})"),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Triggering the drain from the operating system: SIGTERM and SIGINT on
+//! Unix, ctrl-c elsewhere. The first signal drains, the second forces.
+
+use std::io;
+
+use crate::Watch;
+
+impl Watch {
+    /// Triggers the drain on SIGTERM or SIGINT (ctrl-c on other systems): the
+    /// first signal starts the drain, the second forces it.
+    ///
+    /// The handlers are installed before this returns, and a task on the
+    /// current tokio runtime then waits for the signals until the drain ends.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the signal handlers cannot be installed.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let watch = tower_drain::Watch::new();
+    /// watch.trigger_on_signals()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn trigger_on_signals(&self) -> io::Result<()> {
+        let mut signals = Signals::install()?;
+        let watch = self.clone();
+        tokio::spawn(async move {
+            let drained = watch.drained();
+            tokio::pin!(drained);
+            loop {
+                tokio::select! {
+                    name = signals.recv() => {
+                        tracing::info!(signal = name, "signal received");
+                        watch.trigger();
+                    }
+                    _ = &mut drained => return,
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "ctrl-c",
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for ctrl-c");
+                std::future::pending().await
+            }
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! The shared coordinator: the drain phase, the live counts, the deadline, and
+//! the futures that wait on them.
+//!
+//! Every other part of the crate reports to a [`Watch`]: [`GracefulAccept`]
+//! counts listeners and connections, [`DrainLayer`] counts requests, and the
+//! server waits on [`Watch::shutdown_signal`]. A `Watch` is a handle to shared
+//! state; cloning it is one reference-count increment.
+//!
+//! [`GracefulAccept`]: crate::GracefulAccept
+//! [`DrainLayer`]: crate::DrainLayer
+
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst},
+        Arc, Mutex, MutexGuard, OnceLock,
+    },
+    time::Duration,
+};
+
+use futures_util::task::AtomicWaker;
+use slab::Slab;
+use tokio::{runtime::Handle, sync::Notify, time::Instant};
+
+use crate::report::DrainReport;
+
+/// Default [`WatchBuilder::grace`]: how long the drain may take before it is forced.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// Default [`WatchBuilder::first_byte_grace`].
+pub const DEFAULT_FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
+
+/// Where a drain stands. Phases only move forward:
+/// `Running → Draining → Drained`, or `Draining → Forced`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Serving normally; nothing has triggered the drain.
+    Running,
+    /// Triggered: listeners drain their accept queues and close, in-flight
+    /// requests finish, HTTP/1 responses carry `Connection: close`.
+    Draining,
+    /// Every listener, connection and request is gone; the drain ended cleanly.
+    Drained,
+    /// The deadline passed or a second trigger came: every connection still
+    /// open was told to close at once.
+    Forced,
+}
+
+impl Phase {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            2 => Phase::Drained,
+            _ => Phase::Forced,
+        }
+    }
+}
+
+/// Configures and builds a [`Watch`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_drain::Watch;
+///
+/// let watch = Watch::builder()
+///     .grace(Duration::from_secs(10))
+///     .first_byte_grace(Duration::from_millis(500))
+///     .build();
+/// assert_eq!(watch.grace(), Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct WatchBuilder {
+    grace: Duration,
+    first_byte_grace: Duration,
+}
+
+impl Default for WatchBuilder {
+    fn default() -> Self {
+        Self {
+            grace: DEFAULT_GRACE,
+            first_byte_grace: DEFAULT_FIRST_BYTE_GRACE,
+        }
+    }
+}
+
+impl WatchBuilder {
+    /// The hard deadline, counted from the trigger: whatever is still open
+    /// then is forced closed. Default 30 s.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// How long a newly accepted connection may stay silent before the drain
+    /// stops protecting it. Default 1 s.
+    ///
+    /// hyper closes a connection that has not read a byte the moment the
+    /// server starts its graceful shutdown, even when the request already
+    /// waits in the kernel. [`Watch::shutdown_signal`] therefore holds back
+    /// until every connection has read its first byte, or until this long
+    /// after the last connection was accepted.
+    pub fn first_byte_grace(mut self, grace: Duration) -> Self {
+        self.first_byte_grace = grace;
+        self
+    }
+
+    /// Builds the [`Watch`].
+    pub fn build(self) -> Watch {
+        Watch {
+            inner: Arc::new(Inner::new(self)),
+        }
+    }
+}
+
+/// The shared drain coordinator.
+///
+/// A `Watch` starts in [`Phase::Running`]. [`trigger`](Watch::trigger) starts
+/// the drain; a second trigger, [`force`](Watch::force) or the
+/// [`grace`](WatchBuilder::grace) deadline forces it. Listeners wrapped in
+/// [`GracefulAccept`](crate::GracefulAccept) and services wrapped in
+/// [`DrainLayer`](crate::DrainLayer) report to it; its futures wait for each
+/// step of the drain without polling.
+///
+/// # Example
+///
+/// ```
+/// use tower_drain::{Phase, Watch};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let watch = Watch::new();
+/// let drained = tokio::spawn(watch.drained());
+///
+/// watch.trigger();
+/// let report = drained.await.unwrap();
+/// assert_eq!(watch.phase(), Phase::Drained);
+/// assert_eq!(report.connections_forced, 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Watch {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch")
+            .field("phase", &self.phase())
+            .field("listeners", &self.listeners())
+            .field("connections", &self.connections())
+            .field("requests", &self.requests())
+            .finish()
+    }
+}
+
+impl Watch {
+    /// A `Watch` with the default [`grace`](WatchBuilder::grace) (30 s) and
+    /// [`first_byte_grace`](WatchBuilder::first_byte_grace) (1 s).
+    ///
+    /// ```
+    /// let watch = tower_drain::Watch::new();
+    /// assert_eq!(watch.phase(), tower_drain::Phase::Running);
+    /// ```
+    pub fn new() -> Self {
+        WatchBuilder::default().build()
+    }
+
+    /// Configure a `Watch` before building it.
+    ///
+    /// ```
+    /// let watch = tower_drain::Watch::builder()
+    ///     .grace(std::time::Duration::from_secs(5))
+    ///     .build();
+    /// # drop(watch);
+    /// ```
+    pub fn builder() -> WatchBuilder {
+        WatchBuilder::default()
+    }
+
+    /// Starts the drain; a second call forces it (see [`force`](Watch::force)).
+    ///
+    /// The first trigger moves to [`Phase::Draining`] and arms the deadline
+    /// ([`grace`](WatchBuilder::grace)) on the current tokio runtime, or the
+    /// one the `Watch` was created on. Calls after the drain ended do nothing.
+    ///
+    /// ```
+    /// use tower_drain::{GracefulAccept, Phase, Watch};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let watch = Watch::new();
+    /// // An open listener keeps the drain from ending at once.
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let _listener = GracefulAccept::new(listener, watch.clone());
+    ///
+    /// watch.trigger();
+    /// assert_eq!(watch.phase(), Phase::Draining);
+    /// watch.trigger();
+    /// assert_eq!(watch.phase(), Phase::Forced);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn trigger(&self) {
+        match self.inner.advance(Phase::Running, Phase::Draining) {
+            Ok(()) => self.start(),
+            Err(Phase::Draining) => self.inner.force("second trigger"),
+            Err(_) => {}
+        }
+    }
+
+    /// Forces the drain now: every connection that is still open fails its
+    /// next read or write, so the server drops it. Starts the drain first if
+    /// it has not started. Does nothing once the drain has ended.
+    ///
+    /// ```
+    /// use tower_drain::{Phase, Watch};
+    ///
+    /// let watch = Watch::new();
+    /// watch.force();
+    /// assert_eq!(watch.phase(), Phase::Forced);
+    /// ```
+    pub fn force(&self) {
+        if self.inner.advance(Phase::Running, Phase::Draining).is_ok() {
+            self.inner.record_trigger();
+        }
+        self.inner.force("force()");
+    }
+
+    /// The current phase.
+    ///
+    /// ```
+    /// let watch = tower_drain::Watch::new();
+    /// assert_eq!(watch.phase(), tower_drain::Phase::Running);
+    /// ```
+    pub fn phase(&self) -> Phase {
+        self.inner.phase()
+    }
+
+    /// `true` from the trigger on, including once the drain has ended: the
+    /// answer a readiness check wants.
+    ///
+    /// ```
+    /// let watch = tower_drain::Watch::new();
+    /// assert!(!watch.is_draining());
+    /// watch.force();
+    /// assert!(watch.is_draining());
+    /// ```
+    pub fn is_draining(&self) -> bool {
+        self.inner.is_draining()
+    }
+
+    /// The number of tracked connections that are open, including those
+    /// still in a handshake.
+    ///
+    /// ```
+    /// assert_eq!(tower_drain::Watch::new().connections(), 0);
+    /// ```
+    pub fn connections(&self) -> usize {
+        self.inner.lock_connections().len()
+    }
+
+    /// The number of requests in flight through a [`DrainLayer`](crate::DrainLayer),
+    /// counting a response until its body has finished or been dropped.
+    ///
+    /// ```
+    /// assert_eq!(tower_drain::Watch::new().requests(), 0);
+    /// ```
+    pub fn requests(&self) -> usize {
+        self.inner.requests.load(SeqCst)
+    }
+
+    /// The number of [`GracefulAccept`](crate::GracefulAccept) listeners whose
+    /// socket is still open.
+    ///
+    /// ```
+    /// assert_eq!(tower_drain::Watch::new().listeners(), 0);
+    /// ```
+    pub fn listeners(&self) -> usize {
+        self.inner.listeners.load(SeqCst)
+    }
+
+    /// The hard deadline configured with [`WatchBuilder::grace`].
+    ///
+    /// ```
+    /// assert_eq!(tower_drain::Watch::new().grace(), tower_drain::DEFAULT_GRACE);
+    /// ```
+    pub fn grace(&self) -> Duration {
+        self.inner.config.grace
+    }
+
+    /// The report of the drain, once it has ended (cleanly or forced).
+    ///
+    /// ```
+    /// let watch = tower_drain::Watch::new();
+    /// assert!(watch.report().is_none());
+    /// watch.force();
+    /// assert_eq!(watch.report().unwrap().connections_forced, 0);
+    /// ```
+    pub fn report(&self) -> Option<DrainReport> {
+        self.inner.report.get().cloned()
+    }
+
+    /// Resolves once the drain has been triggered (or at once if it has).
+    ///
+    /// Long-lived responses (server-sent events, WebSockets) wait on it to
+    /// end themselves when the server drains.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the future holds no state besides its registration, and
+    /// a new one sees a trigger that happened meanwhile.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let watch = tower_drain::Watch::new();
+    /// let waiting = tokio::spawn(watch.draining());
+    /// watch.trigger();
+    /// waiting.await.unwrap();
+    /// # }
+    /// ```
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        async move { inner.wait_until(Inner::is_draining).await }
+    }
+
+    /// Resolves once the drain has started and every listener has closed its
+    /// socket: from then on, new connection attempts are refused.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, like [`draining`](Watch::draining).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let watch = tower_drain::Watch::new();
+    /// watch.trigger();
+    /// watch.listeners_closed().await; // no listener was ever open
+    /// # }
+    /// ```
+    pub fn listeners_closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        async move { inner.wait_until(Inner::listeners_closed).await }
+    }
+
+    /// Resolves with the [`DrainReport`] once the drain has ended: it was
+    /// triggered, and every listener, tracked connection and request is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, like [`draining`](Watch::draining).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let watch = tower_drain::Watch::new();
+    /// watch.trigger();
+    /// let report = watch.drained().await;
+    /// assert!(report.forced.is_none());
+    /// # }
+    /// ```
+    pub fn drained(&self) -> impl Future<Output = DrainReport> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            inner.wait_until(|inner| inner.report.get().is_some()).await;
+            inner.report.get().cloned().expect("report is set before waiters are woken")
+        }
+    }
+
+    /// The future to hand to `axum::serve(..).with_graceful_shutdown(..)`.
+    ///
+    /// When it resolves, axum drops its listener and asks every connection to
+    /// finish gracefully, and hyper closes at once any connection that has not
+    /// read a byte. So it resolves only when that is safe: the drain has
+    /// started, every [`GracefulAccept`](crate::GracefulAccept) has drained
+    /// its accept queue and closed its socket, and every connection has read
+    /// its first byte or been silent for the
+    /// [`first_byte_grace`](WatchBuilder::first_byte_grace). It resolves at
+    /// once if the drain is forced.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, like [`draining`](Watch::draining).
+    ///
+    /// ```no_run
+    /// use axum::{routing::get, Router};
+    /// use tower_drain::{DrainLayer, GracefulAccept, Watch};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let watch = Watch::new();
+    /// watch.trigger_on_signals()?;
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// let app = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .layer(DrainLayer::new(watch.clone()));
+    /// axum::serve(GracefulAccept::new(listener, watch.clone()), app)
+    ///     .with_graceful_shutdown(watch.shutdown_signal())
+    ///     .await
+    /// # }
+    /// ```
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            inner
+                .wait_until(|inner| inner.listeners_closed() || inner.is_forced())
+                .await;
+            inner.wait_first_bytes().await;
+            tracing::debug!(
+                connections = inner.lock_connections().len(),
+                requests = inner.requests.load(SeqCst),
+                "listeners drained; the server may stop accepting and finish its connections",
+            );
+        }
+    }
+
+    fn start(&self) {
+        self.inner.record_trigger();
+        self.inner.arm_deadline(self.clone());
+        self.inner.changed();
+    }
+}
+
+/// A connection's slot in the registry the force wakes up.
+pub(crate) type ForceSlot = Arc<AtomicWaker>;
+
+/// The shared state behind every clone of a [`Watch`].
+pub(crate) struct Inner {
+    config: WatchBuilder,
+    phase: AtomicU8,
+    requests: AtomicUsize,
+    listeners: AtomicUsize,
+    /// Connections accepted that have not read a byte yet.
+    awaiting_first_byte: AtomicUsize,
+    /// When the newest connection was accepted, in nanoseconds since `epoch`.
+    last_accept: AtomicU64,
+    accepted_from_queue: AtomicUsize,
+    requests_completed: AtomicUsize,
+    /// One waker per open connection, woken when the drain is forced.
+    connections: Mutex<Slab<ForceSlot>>,
+    /// Woken on every change a waiter may be waiting for.
+    notify: Notify,
+    timeline: Mutex<Timeline>,
+    report: OnceLock<DrainReport>,
+    runtime: Option<Handle>,
+    epoch: Instant,
+}
+
+/// When each step of the drain happened; written rarely, under a lock.
+#[derive(Default)]
+struct Timeline {
+    triggered: Option<Instant>,
+    listeners_closed: Option<Instant>,
+    forced: Option<(Instant, &'static str, usize)>,
+}
+
+impl Inner {
+    fn new(config: WatchBuilder) -> Self {
+        Self {
+            config,
+            phase: AtomicU8::new(Phase::Running as u8),
+            requests: AtomicUsize::new(0),
+            listeners: AtomicUsize::new(0),
+            awaiting_first_byte: AtomicUsize::new(0),
+            last_accept: AtomicU64::new(0),
+            accepted_from_queue: AtomicUsize::new(0),
+            requests_completed: AtomicUsize::new(0),
+            connections: Mutex::new(Slab::new()),
+            notify: Notify::new(),
+            timeline: Mutex::default(),
+            report: OnceLock::new(),
+            runtime: Handle::try_current().ok(),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(SeqCst))
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.phase() != Phase::Running
+    }
+
+    pub(crate) fn is_forced(&self) -> bool {
+        self.phase() == Phase::Forced
+    }
+
+    fn listeners_closed(&self) -> bool {
+        self.is_draining() && self.listeners.load(SeqCst) == 0
+    }
+
+    /// Moves the phase from `from` to `to`; on failure returns the phase found.
+    fn advance(&self, from: Phase, to: Phase) -> Result<(), Phase> {
+        self.phase
+            .compare_exchange(from as u8, to as u8, SeqCst, SeqCst)
+            .map(drop)
+            .map_err(Phase::from_u8)
+    }
+
+    fn changed(&self) {
+        self.notify.notify_waiters();
+        self.finish_if_drained();
+    }
+
+    /// Waits until `done` holds. The `Notified` is registered before each
+    /// check, so a change between the check and the wait cannot be missed.
+    async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until every connection has read a byte, or the newest one has
+    /// been silent for the first-byte grace, or the drain is forced.
+    async fn wait_first_bytes(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_forced() || self.awaiting_first_byte.load(SeqCst) == 0 {
+                return;
+            }
+            let until = self.last_accept() + self.config.first_byte_grace;
+            if Instant::now() >= until {
+                tracing::debug!(
+                    silent = self.awaiting_first_byte.load(SeqCst),
+                    "first-byte grace over; silent connections are no longer protected",
+                );
+                return;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    fn last_accept(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.last_accept.load(SeqCst))
+    }
+
+    fn lock_connections(&self) -> MutexGuard<'_, Slab<ForceSlot>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_timeline(&self) -> MutexGuard<'_, Timeline> {
+        self.timeline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record_trigger(&self) {
+        self.lock_timeline().triggered = Some(Instant::now());
+        tracing::info!(
+            listeners = self.listeners.load(SeqCst),
+            connections = self.lock_connections().len(),
+            requests = self.requests.load(SeqCst),
+            "drain started",
+        );
+    }
+
+    fn arm_deadline(&self, watch: Watch) {
+        let Some(runtime) = Handle::try_current().ok().or_else(|| self.runtime.clone()) else {
+            tracing::warn!("no tokio runtime to run the drain deadline on; it is not enforced");
+            return;
+        };
+        let grace = self.config.grace;
+        runtime.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(grace) => watch.inner.force("deadline"),
+                _ = watch.drained() => {}
+            }
+        });
+    }
+
+    fn force(&self, cause: &'static str) {
+        if self.advance(Phase::Draining, Phase::Forced).is_err() {
+            return;
+        }
+        let connections = self.lock_connections();
+        let open = connections.len();
+        self.lock_timeline().forced = Some((Instant::now(), cause, open));
+        tracing::warn!(
+            cause,
+            connections = open,
+            requests = self.requests.load(SeqCst),
+            "drain forced; closing every open connection",
+        );
+        for (_, slot) in connections.iter() {
+            slot.wake();
+        }
+        drop(connections);
+        self.changed();
+    }
+
+    /// Ends the drain if nothing is left open; the first caller to see that
+    /// writes the report and wakes the waiters.
+    fn finish_if_drained(&self) {
+        if !self.is_draining()
+            || self.report.get().is_some()
+            || self.listeners.load(SeqCst) != 0
+            || self.requests.load(SeqCst) != 0
+            || !self.lock_connections().is_empty()
+        {
+            return;
+        }
+        let timeline = self.lock_timeline();
+        if self.report.get().is_some() {
+            return;
+        }
+        let _ = self.advance(Phase::Draining, Phase::Drained);
+        let report = self.build_report(&timeline, Instant::now());
+        drop(timeline);
+        tracing::info!(
+            accepted_from_queue = report.accepted_from_queue,
+            requests_completed = report.requests_completed,
+            connections_forced = report.connections_forced,
+            forced = report.forced,
+            closing_listeners = ?report.closing_listeners,
+            closing_connections = ?report.closing_connections,
+            "drain complete",
+        );
+        let _ = self.report.set(report);
+        self.notify.notify_waiters();
+    }
+
+    fn build_report(&self, timeline: &Timeline, now: Instant) -> DrainReport {
+        let triggered = timeline.triggered.unwrap_or(now);
+        let listeners_closed = timeline.listeners_closed.unwrap_or(triggered);
+        DrainReport {
+            accepted_from_queue: self.accepted_from_queue.load(SeqCst),
+            requests_completed: self.requests_completed.load(SeqCst),
+            connections_forced: timeline.forced.map_or(0, |(_, _, open)| open),
+            forced: timeline.forced.map(|(_, cause, _)| cause),
+            closing_listeners: listeners_closed - triggered,
+            closing_connections: now.saturating_duration_since(listeners_closed),
+        }
+    }
+
+    // ----- what listeners, connections and requests report -----
+
+    pub(crate) fn listener_opened(&self) {
+        self.listeners.fetch_add(1, SeqCst);
+    }
+
+    pub(crate) fn accepted_from_queue(&self, connections: usize) {
+        self.accepted_from_queue.fetch_add(connections, SeqCst);
+    }
+
+    pub(crate) fn listener_closed(&self) {
+        if self.listeners.fetch_sub(1, SeqCst) == 1 && self.is_draining() {
+            let mut timeline = self.lock_timeline();
+            let now = Instant::now();
+            timeline.listeners_closed.get_or_insert(now);
+            let elapsed = timeline.triggered.map(|t| now - t);
+            drop(timeline);
+            tracing::info!(
+                accepted_from_queue = self.accepted_from_queue.load(SeqCst),
+                elapsed = ?elapsed,
+                "all listeners closed",
+            );
+        }
+        self.changed();
+    }
+
+    /// Registers a new connection; it counts as awaiting its first byte.
+    pub(crate) fn connection_opened(&self, slot: ForceSlot) -> usize {
+        let key = self.lock_connections().insert(slot);
+        self.awaiting_first_byte.fetch_add(1, SeqCst);
+        let since_epoch = Instant::now().saturating_duration_since(self.epoch);
+        self.last_accept.store(since_epoch.as_nanos() as u64, SeqCst);
+        key
+    }
+
+    pub(crate) fn connection_closed(&self, key: usize) {
+        let mut connections = self.lock_connections();
+        connections.remove(key);
+        let last = connections.is_empty();
+        drop(connections);
+        if last && self.is_draining() {
+            self.finish_if_drained();
+        }
+    }
+
+    pub(crate) fn first_byte_read(&self) {
+        if self.awaiting_first_byte.fetch_sub(1, SeqCst) == 1 && self.is_draining() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.requests.fetch_add(1, SeqCst);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        let last = self.requests.fetch_sub(1, SeqCst) == 1;
+        if self.is_draining() {
+            self.requests_completed.fetch_add(1, SeqCst);
+            if last {
+                self.finish_if_drained();
+            }
+        }
+    }
+}
