@@ -125,8 +125,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     match run(options).await {
@@ -150,10 +149,13 @@ async fn run(options: Options) -> Result<bool, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, reuse_port = options.reuse_port, grace = ?options.grace, "listening");
 
-    axum::serve(GracefulAccept::new(listener, watch.clone()), app(watch.clone()))
-        .with_graceful_shutdown(watch.shutdown_signal())
-        .await
-        .map_err(|e| format!("server failed: {e}"))?;
+    axum::serve(
+        GracefulAccept::new(listener, watch.clone()),
+        app(watch.clone()),
+    )
+    .with_graceful_shutdown(watch.shutdown_signal())
+    .await
+    .map_err(|e| format!("server failed: {e}"))?;
     let report = watch.drained().await;
     tracing::info!(%report, "stopped");
     Ok(report.forced.is_none())

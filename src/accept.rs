@@ -255,7 +255,8 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// [`accept`](GracefulAccept::accept).
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<(TrackedIo<L::Io>, L::Addr)> {
         loop {
-            if matches!(self.state, State::Accepting | State::Backoff(_)) && self.poll_triggered(cx) {
+            if matches!(self.state, State::Accepting | State::Backoff(_)) && self.poll_triggered(cx)
+            {
                 self.start_drain();
             }
             let Some(open) = &mut self.listener else {
@@ -352,7 +353,10 @@ impl Drain {
         watch: &Watch,
         cx: &mut Context<'_>,
     ) -> Step<(L::Io, L::Addr)> {
-        if watch.inner.is_forced() || self.accepted >= limits.connections || Instant::now() >= self.until {
+        if watch.inner.is_forced()
+            || self.accepted >= limits.connections
+            || Instant::now() >= self.until
+        {
             return Step::Close;
         }
         if let Some(backoff) = &mut self.backoff {
@@ -399,7 +403,10 @@ fn is_transient(error: &io::Error) -> bool {
 impl<L: fmt::Debug> fmt::Debug for GracefulAccept<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GracefulAccept")
-            .field("listener", &self.listener.as_ref().map(|open| &open.listener))
+            .field(
+                "listener",
+                &self.listener.as_ref().map(|open| &open.listener),
+            )
             .field("watch", &self.watch)
             .finish_non_exhaustive()
     }

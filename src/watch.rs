@@ -373,7 +373,11 @@ impl Watch {
         let inner = self.inner.clone();
         async move {
             inner.wait_until(|inner| inner.report.get().is_some()).await;
-            inner.report.get().cloned().expect("report is set before waiters are woken")
+            inner
+                .report
+                .get()
+                .cloned()
+                .expect("report is set before waiters are woken")
         }
     }
 
@@ -683,7 +687,8 @@ impl Inner {
         let key = self.lock_connections().insert(slot);
         self.awaiting_first_byte.fetch_add(1, SeqCst);
         let since_epoch = Instant::now().saturating_duration_since(self.epoch);
-        self.last_accept.store(since_epoch.as_nanos() as u64, SeqCst);
+        self.last_accept
+            .store(since_epoch.as_nanos() as u64, SeqCst);
         key
     }
 

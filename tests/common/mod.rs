@@ -1,0 +1,278 @@
+//! Shared pieces of the end-to-end tests: a test app, a server on a real
+//! loopback socket, and raw HTTP/1.1 clients that classify every outcome.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{extract::State, http::StatusCode, routing::get, Router};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::{Notify, Semaphore},
+    task::JoinHandle,
+};
+use tower_drain::{DrainLayer, DrainReport, GracefulAccept, Watch};
+
+/// The outer bound on any wait in these tests: generous, so that a loaded
+/// machine never fails them, and only reached when something is broken.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, failing the test if it takes longer than [`PATIENCE`].
+pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(PATIENCE, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Lets a test hold requests inside the handler of `/hold`.
+#[derive(Clone)]
+pub struct Gate {
+    /// One permit per request that entered `/hold`.
+    pub entered: Arc<Semaphore>,
+    release: Arc<Notify>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            entered: Arc::new(Semaphore::new(0)),
+            release: Arc::default(),
+        }
+    }
+}
+
+impl Gate {
+    pub async fn wait_entered(&self, requests: u32) {
+        within(
+            "requests to enter the handler",
+            self.entered.acquire_many(requests),
+        )
+        .await
+        .unwrap()
+        .forget();
+    }
+
+    pub fn release_all(&self) {
+        self.release.notify_waiters();
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    watch: Watch,
+    gate: Gate,
+}
+
+/// `/` answers `hello`; `/hold` waits for [`Gate::release_all`]; `/hang`
+/// never answers; `/healthz` is 503 once draining. `/hold` and `/hang` add a
+/// permit to [`Gate::entered`] when they start.
+pub fn app(watch: Watch, gate: Gate) -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route(
+            "/hold",
+            get(|State(state): State<AppState>| async move {
+                let released = state.gate.release.notified();
+                state.gate.entered.add_permits(1);
+                released.await;
+                "released"
+            }),
+        )
+        .route(
+            "/hang",
+            get(|State(state): State<AppState>| async move {
+                state.gate.entered.add_permits(1);
+                std::future::pending::<&'static str>().await
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|State(state): State<AppState>| async move {
+                if state.watch.is_draining() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                }
+            }),
+        )
+        .with_state(AppState {
+            watch: watch.clone(),
+            gate,
+        })
+        .layer(DrainLayer::new(watch))
+}
+
+/// Binds 127.0.0.1 on a free port, optionally with `SO_REUSEPORT`.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> TcpListener {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.set_reuseport(reuse_port).unwrap();
+    socket.bind(addr).unwrap();
+    socket.listen(1024).unwrap()
+}
+
+pub fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A running test server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub watch: Watch,
+    pub gate: Gate,
+    pub serve: JoinHandle<io::Result<()>>,
+}
+
+impl Server {
+    /// Serves [`app`] on `listener` with the drain hooked up.
+    pub fn start(listener: TcpListener, watch: Watch) -> Self {
+        Self::serve(GracefulAccept::new(listener, watch))
+    }
+
+    /// Serves [`app`] on an already wrapped listener.
+    pub fn serve(listener: GracefulAccept<TcpListener>) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let watch = listener.watch().clone();
+        let gate = Gate::default();
+        let app = app(watch.clone(), gate.clone());
+        let signal = watch.shutdown_signal();
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+        });
+        Self {
+            addr,
+            watch,
+            gate,
+            serve,
+        }
+    }
+
+    /// Waits for `serve` to return, then for the drain report.
+    pub async fn stopped(self) -> DrainReport {
+        within("serve to return", self.serve)
+            .await
+            .unwrap()
+            .unwrap();
+        within("the drain report", self.watch.drained()).await
+    }
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A complete response with this status and `Connection` header.
+    Response { status: u16, connection_close: bool },
+    /// The connection attempt was refused: safe to retry.
+    Refused,
+    /// The connection was reset: the client cannot know what happened.
+    Reset,
+    /// The server closed the connection without answering.
+    Unanswered,
+    /// Anything else.
+    Other(String),
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Response { status: 200, .. })
+    }
+}
+
+/// A keep-alive request: a `Connection: close` in the answer comes from the server.
+pub fn request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
+}
+
+/// Reads one response from `stream` (until the server closes it).
+pub async fn read_response(stream: &mut TcpStream) -> Outcome {
+    let mut buf = Vec::new();
+    match stream.read_to_end(&mut buf).await {
+        Ok(_) => parse_response(&buf),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Outcome::Reset,
+        Err(e) => Outcome::Other(e.to_string()),
+    }
+}
+
+fn parse_response(buf: &[u8]) -> Outcome {
+    if buf.is_empty() {
+        return Outcome::Unanswered;
+    }
+    let text = String::from_utf8_lossy(buf);
+    let Some((head, _)) = text.split_once("\r\n\r\n") else {
+        return Outcome::Other(format!("incomplete response {text:?}"));
+    };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let connection_close = head
+        .lines()
+        .any(|line| line.eq_ignore_ascii_case("connection: close"));
+    Outcome::Response {
+        status,
+        connection_close,
+    }
+}
+
+/// Connects and sends one request, without reading.
+pub async fn connect_and_send(addr: SocketAddr, path: &str) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(&request(path)).await?;
+    Ok(stream)
+}
+
+/// One request on a fresh connection that asks to be closed after it, every
+/// failure classified.
+pub async fn one_request(addr: SocketAddr, path: &str) -> Outcome {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let sent = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        Ok::<_, io::Error>(stream)
+    };
+    match sent.await {
+        Ok(mut stream) => read_response(&mut stream).await,
+        Err(e) => match e.kind() {
+            io::ErrorKind::ConnectionRefused => Outcome::Refused,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Outcome::Reset,
+            _ => Outcome::Other(e.to_string()),
+        },
+    }
+}
+
+/// A hyper HTTP/1.1 client connection: the sender, and the task driving the
+/// connection, which ends when either side closes it.
+pub async fn http1_client(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
+/// `GET path` on an HTTP/1.1 client connection.
+pub fn get_request(path: &str) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
+    hyper::Request::get(path)
+        .header("host", "test")
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn trace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,190 @@
+//! End-to-end drain behaviour over real loopback sockets and real HTTP.
+
+mod common;
+
+use std::{io, time::Duration};
+
+use common::*;
+use http_body_util::BodyExt;
+use tokio::io::AsyncReadExt;
+use tower_drain::{GracefulAccept, Phase, Watch};
+
+/// Connections queued in the kernel when the drain starts, their requests
+/// already sent, are all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_connections_are_all_served() {
+    const QUEUED: usize = 50;
+    let listener = bind(localhost(), false);
+    let addr = listener.local_addr().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..QUEUED {
+        clients.push(connect_and_send(addr, "/").await.unwrap());
+    }
+    // The drain starts before the server has accepted any of them.
+    let watch = Watch::new();
+    let listener = GracefulAccept::new(listener, watch.clone());
+    watch.trigger();
+    let server = Server::serve(listener);
+
+    for mut client in clients {
+        let outcome = within("a queued response", read_response(&mut client)).await;
+        assert_eq!(
+            outcome,
+            Outcome::Response {
+                status: 200,
+                connection_close: true
+            }
+        );
+    }
+    let report = server.stopped().await;
+    assert_eq!(report.accepted_from_queue, QUEUED);
+    assert_eq!(report.requests_completed, QUEUED);
+    assert_eq!(report.forced, None);
+}
+
+/// A request in flight when the drain starts completes with 200 and
+/// `Connection: close`, and `serve` returns after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_request_completes_then_serve_returns() {
+    let server = Server::start(bind(localhost(), false), Watch::new());
+    let mut client = connect_and_send(server.addr, "/hold").await.unwrap();
+    server.gate.wait_entered(1).await;
+
+    server.watch.trigger();
+    within("listeners to close", server.watch.listeners_closed()).await;
+    assert_eq!(server.watch.phase(), Phase::Draining);
+    assert_eq!(server.watch.requests(), 1);
+    server.gate.release_all();
+
+    let outcome = within("the held response", read_response(&mut client)).await;
+    assert_eq!(
+        outcome,
+        Outcome::Response {
+            status: 200,
+            connection_close: true
+        }
+    );
+    let report = server.stopped().await;
+    assert_eq!(report.requests_completed, 1);
+    assert_eq!(report.connections_forced, 0);
+    assert_eq!(report.forced, None);
+}
+
+/// Idle keep-alive connections and connected-but-silent clients do not hold
+/// the shutdown: it ends within the first-byte grace, far before the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_silent_connections_do_not_hold_the_drain() {
+    let watch = Watch::builder()
+        .grace(Duration::from_secs(3600))
+        .first_byte_grace(Duration::from_millis(200))
+        .build();
+    let server = Server::start(bind(localhost(), false), watch);
+
+    // The accept queue is first in, first out: once the keep-alive client has
+    // its response, the silent connection before it has been accepted too.
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, idle_conn) = http1_client(server.addr).await;
+    let response = sender.send_request(get_request("/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("connection").is_none());
+    response.into_body().collect().await.unwrap();
+    assert_eq!(server.watch.connections(), 2);
+
+    server.watch.trigger();
+    let report = server.stopped().await;
+    assert_eq!(
+        report.forced, None,
+        "the deadline must not be what ended it"
+    );
+    assert_eq!(report.connections_forced, 0);
+    // Both clients see a clean close.
+    within("the idle connection to close", idle_conn)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        silent.read(&mut buf).await.unwrap(),
+        0,
+        "a clean EOF, not a reset"
+    );
+}
+
+/// A request that never finishes is forced closed at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_request_is_forced_at_the_deadline() {
+    let watch = Watch::builder().grace(Duration::from_millis(300)).build();
+    let server = Server::start(bind(localhost(), false), watch);
+    let mut client = connect_and_send(server.addr, "/hang").await.unwrap();
+    server.gate.wait_entered(1).await;
+
+    server.watch.trigger();
+    let report = server.stopped().await;
+    assert_eq!(report.forced, Some("deadline"));
+    assert_eq!(report.connections_forced, 1);
+    assert!(report.total() >= Duration::from_millis(300));
+    assert_eq!(
+        within("the client to see the close", read_response(&mut client)).await,
+        Outcome::Unanswered
+    );
+}
+
+/// A second trigger forces at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_trigger_forces_at_once() {
+    let watch = Watch::builder().grace(Duration::from_secs(3600)).build();
+    let server = Server::start(bind(localhost(), false), watch);
+    let _client = connect_and_send(server.addr, "/hold").await.unwrap();
+    server.gate.wait_entered(1).await;
+
+    server.watch.trigger();
+    within("listeners to close", server.watch.listeners_closed()).await;
+    server.watch.trigger();
+    assert_eq!(server.watch.phase(), Phase::Forced);
+    let report = server.stopped().await;
+    assert_eq!(report.forced, Some("second trigger"));
+    assert_eq!(report.connections_forced, 1);
+}
+
+/// Once the listener is closed, new connection attempts are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_are_refused_after_close() {
+    let server = Server::start(bind(localhost(), false), Watch::new());
+    let mut held = connect_and_send(server.addr, "/hold").await.unwrap();
+    server.gate.wait_entered(1).await;
+
+    server.watch.trigger();
+    within("listeners to close", server.watch.listeners_closed()).await;
+    for _ in 0..10 {
+        let error = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+    }
+    server.gate.release_all();
+    assert!(within("the held response", read_response(&mut held))
+        .await
+        .is_ok());
+    server.stopped().await;
+}
+
+/// Readiness checks report the drain while the server still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_draining() {
+    let server = Server::start(bind(localhost(), false), Watch::new());
+    assert!(one_request(server.addr, "/healthz").await.is_ok());
+
+    let (mut sender, _conn) = http1_client(server.addr).await;
+    let mut held = connect_and_send(server.addr, "/hold").await.unwrap();
+    server.gate.wait_entered(1).await;
+    server.watch.trigger();
+
+    let response = sender.send_request(get_request("/healthz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["connection"], "close");
+    server.gate.release_all();
+    assert!(within("the held response", read_response(&mut held))
+        .await
+        .is_ok());
+    server.stopped().await;
+}
