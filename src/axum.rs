@@ -25,6 +25,20 @@ impl<L: DrainableListener> Listener for GracefulAccept<L> {
     }
 }
 
+#[cfg(feature = "rustls")]
+impl<L: DrainableListener> Listener for crate::TlsAccept<L> {
+    type Io = crate::TlsIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        crate::TlsAccept::accept(self).await
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        crate::TlsAccept::local_addr(self)
+    }
+}
+
 /// Extracts the [`Watch`] that [`DrainLayer::with_watch_extension`] put in the
 /// request, so a handler can end a long-lived response when the drain starts.
 ///

@@ -76,8 +76,42 @@ impl<I: fmt::Debug> fmt::Debug for TrackedIo<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrackedIo")
             .field("io", &self.io)
-            .field("awaiting_first_byte", &self.token.awaiting_first_byte)
+            .field("awaiting_first_byte", &self.token.first_byte.is_awaiting())
             .finish()
+    }
+}
+
+/// Counts a connection as awaiting its first byte until [`read`](Self::read)
+/// or drop: while any is, [`Watch::shutdown_signal`](crate::Watch::shutdown_signal)
+/// holds back, up to the first-byte grace.
+pub(crate) struct FirstByte {
+    inner: Option<Arc<Inner>>,
+}
+
+impl FirstByte {
+    pub(crate) fn new(inner: &Arc<Inner>) -> Self {
+        inner.awaiting_first_byte();
+        Self {
+            inner: Some(inner.clone()),
+        }
+    }
+
+    /// Notes that the server has read from the connection (data, end of
+    /// stream or an error: it will not drop it unanswered).
+    pub(crate) fn read(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.first_byte_read();
+        }
+    }
+
+    fn is_awaiting(&self) -> bool {
+        self.inner.is_some()
+    }
+}
+
+impl Drop for FirstByte {
+    fn drop(&mut self) {
+        self.read();
     }
 }
 
@@ -86,7 +120,7 @@ struct ConnectionToken {
     inner: Arc<Inner>,
     key: usize,
     force: ForceSlot,
-    awaiting_first_byte: bool,
+    first_byte: FirstByte,
 }
 
 impl ConnectionToken {
@@ -97,7 +131,7 @@ impl ConnectionToken {
             inner: inner.clone(),
             key,
             force,
-            awaiting_first_byte: true,
+            first_byte: FirstByte::new(inner),
         }
     }
 
@@ -129,17 +163,11 @@ impl ConnectionToken {
         }
         result
     }
-
-    fn first_byte_read(&mut self) {
-        if std::mem::take(&mut self.awaiting_first_byte) {
-            self.inner.first_byte_read();
-        }
-    }
 }
 
 impl Drop for ConnectionToken {
     fn drop(&mut self) {
-        self.first_byte_read();
+        self.first_byte.read();
         self.inner.connection_closed(self.key);
     }
 }
@@ -152,9 +180,7 @@ impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         let result = ready!(this.token.guard(cx, |cx| this.io.poll_read(cx, buf)));
-        // Any outcome, data, end of stream or error, means the server is
-        // reading this connection and will not drop it unanswered.
-        this.token.first_byte_read();
+        this.token.first_byte.read();
         Poll::Ready(result)
     }
 }

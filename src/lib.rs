@@ -55,8 +55,10 @@
 //!
 //! # Features
 //!
-//! - `axum` (default): `axum::serve::Listener` for [`GracefulAccept`], and
-//!   [`Watch`] as an extractor.
+//! - `axum` (default): `axum::serve::Listener` for [`GracefulAccept`] (and
+//!   `TlsAccept`), and [`Watch`] as an extractor.
+//! - `rustls`: `TlsAccept`, TLS termination whose handshakes run
+//!   concurrently and finish before the server stops.
 
 mod accept;
 #[cfg(feature = "axum")]
@@ -66,6 +68,8 @@ mod layer;
 mod listener;
 mod report;
 mod signal;
+#[cfg(feature = "rustls")]
+mod tls;
 mod watch;
 
 pub use crate::accept::{
@@ -77,4 +81,6 @@ pub use crate::io::TrackedIo;
 pub use crate::layer::{DrainBody, DrainLayer, DrainService, ResponseFuture};
 pub use crate::listener::DrainableListener;
 pub use crate::report::DrainReport;
+#[cfg(feature = "rustls")]
+pub use crate::tls::{TlsAccept, TlsIo, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use crate::watch::{Phase, Watch, WatchBuilder, DEFAULT_FIRST_BYTE_GRACE, DEFAULT_GRACE};

@@ -387,8 +387,9 @@ impl Watch {
     /// finish gracefully, and hyper closes at once any connection that has not
     /// read a byte. So it resolves only when that is safe: the drain has
     /// started, every [`GracefulAccept`](crate::GracefulAccept) has drained
-    /// its accept queue and closed its socket, and every connection has read
-    /// its first byte or been silent for the
+    /// its accept queue and closed its socket, every TLS handshake in progress
+    /// has ended, and every connection has read its first byte or been silent
+    /// for the
     /// [`first_byte_grace`](WatchBuilder::first_byte_grace). It resolves at
     /// once if the drain is forced.
     ///
@@ -417,7 +418,10 @@ impl Watch {
         let inner = self.inner.clone();
         async move {
             inner
-                .wait_until(|inner| inner.listeners_closed() || inner.is_forced())
+                .wait_until(|inner| {
+                    let handshaking = inner.handshaking.load(SeqCst);
+                    inner.listeners_closed() && handshaking == 0 || inner.is_forced()
+                })
                 .await;
             inner.wait_first_bytes().await;
             tracing::debug!(
@@ -446,6 +450,8 @@ pub(crate) struct Inner {
     listeners: AtomicUsize,
     /// Connections accepted that have not read a byte yet.
     awaiting_first_byte: AtomicUsize,
+    /// Connections accepted but still in a (TLS) handshake.
+    handshaking: AtomicUsize,
     /// When the newest connection was accepted, in nanoseconds since `epoch`.
     last_accept: AtomicU64,
     accepted_from_queue: AtomicUsize,
@@ -476,6 +482,7 @@ impl Inner {
             requests: AtomicUsize::new(0),
             listeners: AtomicUsize::new(0),
             awaiting_first_byte: AtomicUsize::new(0),
+            handshaking: AtomicUsize::new(0),
             last_accept: AtomicU64::new(0),
             accepted_from_queue: AtomicUsize::new(0),
             requests_completed: AtomicUsize::new(0),
@@ -682,14 +689,16 @@ impl Inner {
         self.changed();
     }
 
-    /// Registers a new connection; it counts as awaiting its first byte.
     pub(crate) fn connection_opened(&self, slot: ForceSlot) -> usize {
-        let key = self.lock_connections().insert(slot);
+        self.lock_connections().insert(slot)
+    }
+
+    /// A connection was handed to the server and has not been read yet.
+    pub(crate) fn awaiting_first_byte(&self) {
         self.awaiting_first_byte.fetch_add(1, SeqCst);
         let since_epoch = Instant::now().saturating_duration_since(self.epoch);
         self.last_accept
             .store(since_epoch.as_nanos() as u64, SeqCst);
-        key
     }
 
     pub(crate) fn connection_closed(&self, key: usize) {
@@ -704,6 +713,18 @@ impl Inner {
 
     pub(crate) fn first_byte_read(&self) {
         if self.awaiting_first_byte.fetch_sub(1, SeqCst) == 1 && self.is_draining() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    pub(crate) fn handshake_started(&self) {
+        self.handshaking.fetch_add(1, SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    pub(crate) fn handshake_finished(&self) {
+        if self.handshaking.fetch_sub(1, SeqCst) == 1 && self.is_draining() {
             self.notify.notify_waiters();
         }
     }

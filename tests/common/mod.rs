@@ -135,6 +135,15 @@ impl Server {
     pub fn serve(listener: GracefulAccept<TcpListener>) -> Self {
         let addr = listener.local_addr().unwrap();
         let watch = listener.watch().clone();
+        Self::spawn(listener, addr, watch)
+    }
+
+    /// Serves [`app`] on any listener that reports to `watch`.
+    pub fn spawn<L>(listener: L, addr: SocketAddr, watch: Watch) -> Self
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let gate = Gate::default();
         let app = app(watch.clone(), gate.clone());
         let signal = watch.shutdown_signal();
@@ -188,7 +197,7 @@ pub fn request(path: &str) -> Vec<u8> {
 }
 
 /// Reads one response from `stream` (until the server closes it).
-pub async fn read_response(stream: &mut TcpStream) -> Outcome {
+pub async fn read_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Outcome {
     let mut buf = Vec::new();
     match stream.read_to_end(&mut buf).await {
         Ok(_) => parse_response(&buf),
@@ -226,13 +235,17 @@ pub async fn connect_and_send(addr: SocketAddr, path: &str) -> io::Result<TcpStr
     Ok(stream)
 }
 
+/// A request that asks the server to close the connection after answering.
+pub fn closing_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
 /// One request on a fresh connection that asks to be closed after it, every
 /// failure classified.
 pub async fn one_request(addr: SocketAddr, path: &str) -> Outcome {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     let sent = async {
         let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(&closing_request(path)).await?;
         Ok::<_, io::Error>(stream)
     };
     match sent.await {

@@ -1,0 +1,180 @@
+//! What the reference servers share: flags, routes, binding and the serve
+//! loop. `server.rs` serves it over plain HTTP, `tls.rs` over HTTPS.
+
+use std::{fmt::Debug, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use axum::{
+    extract::{Query, State},
+    http::StatusCode,
+    routing::get,
+    serve::Listener,
+    Router,
+};
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpSocket};
+use tower_drain::{DrainLayer, Watch};
+
+/// The command-line options.
+pub(crate) struct Options {
+    pub(crate) addr: SocketAddr,
+    pub(crate) reuse_port: bool,
+    pub(crate) grace: Duration,
+    /// PEM files (TLS server only).
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+}
+
+/// Parses the flags; `usage` is printed on error (exit 2). `tls` allows
+/// `--cert` and `--key`; `port` is the default port on 127.0.0.1.
+pub(crate) fn parse_args(usage: &str, tls: bool, port: u16) -> Result<Options, ExitCode> {
+    parse(std::env::args().skip(1), tls, port).map_err(|message| usage_error(usage, &message))
+}
+
+/// Prints `message` and `usage`; exit code 2.
+pub(crate) fn usage_error(usage: &str, message: &str) -> ExitCode {
+    if !message.is_empty() {
+        eprintln!("error: {message}");
+    }
+    eprintln!("{usage}");
+    ExitCode::from(2)
+}
+
+fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result<Options, String> {
+    let mut options = Options {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        reuse_port: false,
+        grace: tower_drain::DEFAULT_GRACE,
+        cert: None,
+        key: None,
+    };
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--addr" => {
+                let value = value("--addr")?;
+                options.addr = value
+                    .parse()
+                    .map_err(|e| format!("--addr {value:?}: {e}"))?;
+            }
+            "--reuse-port" => options.reuse_port = true,
+            "--grace" => {
+                let value = value("--grace")?;
+                options.grace = value
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                    .ok_or(format!("--grace {value:?}: not a number of seconds"))?;
+            }
+            "--cert" if tls => options.cert = Some(value("--cert")?.into()),
+            "--key" if tls => options.key = Some(value("--key")?.into()),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(options)
+}
+
+/// Logs to stderr, `RUST_LOG` respected (default `info`).
+pub(crate) fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
+/// A `Watch` with the `--grace` deadline, triggered by SIGTERM and SIGINT.
+pub(crate) fn watch(options: &Options) -> Result<Watch, String> {
+    let watch = Watch::builder().grace(options.grace).build();
+    watch
+        .trigger_on_signals()
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    Ok(watch)
+}
+
+/// Binds `--addr`, with `SO_REUSEPORT` if `--reuse-port`.
+pub(crate) fn bind(options: &Options) -> Result<TcpListener, String> {
+    let addr = options.addr;
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        socket.set_reuseport(options.reuse_port)?;
+        #[cfg(not(unix))]
+        if options.reuse_port {
+            return Err(std::io::Error::other("--reuse-port needs a Unix system"));
+        }
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    let listener = listen().map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(
+        addr = %listener.local_addr().map_err(|e| e.to_string())?,
+        reuse_port = options.reuse_port,
+        grace = ?options.grace,
+        "listening",
+    );
+    Ok(listener)
+}
+
+/// `GET /` → `hello`; `GET /slow?ms=N` → after N ms; `GET /healthz` → 200
+/// while running, 503 once draining.
+pub(crate) fn app(watch: Watch) -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route("/slow", get(slow))
+        .route("/healthz", get(healthz))
+        .with_state(watch.clone())
+        .layer(DrainLayer::new(watch))
+}
+
+#[derive(Deserialize)]
+struct Slow {
+    ms: u64,
+}
+
+async fn slow(Query(Slow { ms }): Query<Slow>) -> String {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms} ms")
+}
+
+async fn healthz(State(watch): State<Watch>) -> (StatusCode, &'static str) {
+    if watch.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ok")
+    }
+}
+
+/// Serves the app until drained. Exit 0 after a clean drain, 1 after a
+/// forced one or an error.
+pub(crate) async fn serve<L>(listener: L, watch: Watch) -> ExitCode
+where
+    L: Listener,
+    L::Addr: Debug,
+{
+    let served = axum::serve(listener, app(watch.clone()))
+        .with_graceful_shutdown(watch.shutdown_signal())
+        .await;
+    if let Err(e) = served {
+        return fail(format!("server failed: {e}"));
+    }
+    let report = watch.drained().await;
+    tracing::info!(%report, "stopped");
+    if report.forced.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Prints `message` as an error; exit code 1.
+pub(crate) fn fail(message: String) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,117 @@
+//! The reference server over HTTPS: TLS handshakes in progress when the drain
+//! starts complete, and their requests are served.
+//!
+//! ```text
+//! cargo run --release --features rustls --example tls -- \
+//!     [--addr ADDR] [--reuse-port] [--grace SECS] [--cert CERT.pem --key KEY.pem]
+//! ```
+//!
+//! Without `--cert`/`--key` it makes a self-signed certificate for
+//! `localhost` at start-up, writes it to a temporary file, and prints the
+//! `curl` command that trusts it. Routes, signals and exit codes are those of
+//! `server.rs`; a missing or invalid certificate or key exits 2.
+
+mod reference;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
+
+use tokio_rustls::rustls::{
+    crypto::ring,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    ServerConfig,
+};
+use tower_drain::{GracefulAccept, TlsAccept};
+
+const USAGE: &str = "\
+usage: tls [--addr ADDR] [--reuse-port] [--grace SECS] [--cert CERT.pem --key KEY.pem]
+
+  --addr ADDR     address to listen on (default 127.0.0.1:3443)
+  --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
+  --grace SECS    hard deadline for the drain, in seconds (default 30)
+  --cert FILE     PEM certificate chain (with --key; default: self-signed for localhost)
+  --key FILE      PEM private key";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = match reference::parse_args(USAGE, true, 3443) {
+        Ok(options) => options,
+        Err(code) => return code,
+    };
+    let ((certs, key), self_signed_pem) = match (&options.cert, &options.key) {
+        (Some(cert), Some(key)) => match load_pem(cert, key) {
+            Ok(pair) => (pair, None),
+            Err(message) => return reference::usage_error(USAGE, &message),
+        },
+        (None, None) => match self_signed() {
+            Ok((pair, pem)) => (pair, Some(pem)),
+            Err(message) => return reference::fail(message),
+        },
+        _ => return reference::usage_error(USAGE, "--cert and --key go together"),
+    };
+    let config = match server_config(certs, key) {
+        Ok(config) => config,
+        Err(message) => return reference::usage_error(USAGE, &message),
+    };
+    reference::init_tracing();
+    let (watch, listener) = match reference::watch(&options)
+        .and_then(|watch| Ok((watch, reference::bind(&options)?)))
+    {
+        Ok(ready) => ready,
+        Err(message) => return reference::fail(message),
+    };
+    if let (Some(pem), Ok(addr)) = (self_signed_pem, listener.local_addr()) {
+        eprintln!(
+            "self-signed certificate for localhost in {pem}; call it with\n  curl --cacert {pem} https://localhost:{port}/",
+            pem = pem.display(),
+            port = addr.port(),
+        );
+    }
+    let listener = TlsAccept::new(GracefulAccept::new(listener, watch.clone()), config);
+    reference::serve(listener, watch).await
+}
+
+type CertAndKey = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn load_pem(cert: &Path, key: &Path) -> Result<CertAndKey, String> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| format!("--cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--cert {}: no certificate in the file",
+            cert.display()
+        ));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--key {}: {e}", key.display()))?;
+    Ok((certs, key))
+}
+
+/// A self-signed certificate for localhost, also written as PEM to a
+/// temporary file for `curl --cacert`.
+fn self_signed() -> Result<(CertAndKey, PathBuf), String> {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()])
+            .map_err(|e| format!("cannot make a self-signed certificate: {e}"))?;
+    let path = std::env::temp_dir().join(format!("tower-drain-{}.pem", std::process::id()));
+    std::fs::write(&path, cert.pem())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    Ok(((vec![cert.der().clone()], key), path))
+}
+
+/// A rustls config with the ring provider (see the README for why).
+fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, String> {
+    ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map(Arc::new)
+        .map_err(|e| format!("invalid certificate or key: {e}"))
+}

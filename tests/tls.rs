@@ -1,0 +1,276 @@
+//! Drain-safe TLS over real loopback sockets with real rustls clients.
+
+mod common;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use common::*;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::{
+    client::TlsStream,
+    rustls::{crypto::ring, pki_types::PrivateKeyDer, ClientConfig, RootCertStore, ServerConfig},
+    TlsConnector,
+};
+use tower_drain::{GracefulAccept, TlsAccept, Watch};
+
+/// A self-signed certificate for `localhost`, as a server config and a
+/// client that trusts it.
+struct Tls {
+    server: Arc<ServerConfig>,
+    client: ClientConfig,
+}
+
+impl Tls {
+    fn new() -> Self {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let provider = Arc::new(ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Self {
+            server: Arc::new(server),
+            client,
+        }
+    }
+
+    /// A connector that offers `alpn`.
+    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut client = self.client.clone();
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(client))
+    }
+
+    /// Serves the test app over TLS on `listener`.
+    fn serve(&self, listener: GracefulAccept<TcpListener>, handshake_timeout: Duration) -> Server {
+        let addr = listener.local_addr().unwrap();
+        let watch = listener.watch().clone();
+        let listener =
+            TlsAccept::new(listener, self.server.clone()).handshake_timeout(handshake_timeout);
+        Server::spawn(listener, addr, watch)
+    }
+}
+
+/// Completes a TLS handshake for `localhost` on `stream`.
+async fn handshake(connector: &TlsConnector, stream: TcpStream) -> TlsStream<TcpStream> {
+    let name = "localhost".try_into().unwrap();
+    within("the TLS handshake", connector.connect(name, stream))
+        .await
+        .unwrap()
+}
+
+/// One HTTP/1.1 request over a new TLS connection that closes after it.
+async fn https_get(connector: &TlsConnector, addr: SocketAddr, path: &str) -> Outcome {
+    let mut tls = handshake(connector, TcpStream::connect(addr).await.unwrap()).await;
+    tls.write_all(&closing_request(path)).await.unwrap();
+    within("the response", read_response(&mut tls)).await
+}
+
+/// A response whose connection the server closes after it.
+fn served_and_closed() -> Outcome {
+    Outcome::Response {
+        status: 200,
+        connection_close: true,
+    }
+}
+
+/// A connection accepted before the drain whose client only then performs
+/// its handshake and sends its request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_started_after_trigger_is_served_and_closed() {
+    let tls = Tls::new();
+    let watch = Watch::new();
+    let server = tls.serve(
+        GracefulAccept::new(bind(localhost(), false), watch.clone()),
+        Duration::from_secs(30),
+    );
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    within("the server to accept", async {
+        while watch.connections() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    watch.trigger();
+    within("listeners to close", watch.listeners_closed()).await;
+    let mut tls_stream = handshake(&tls.connector(&[b"http/1.1"]), stream).await;
+    tls_stream.write_all(&request("/")).await.unwrap();
+    let outcome = within("the response", read_response(&mut tls_stream)).await;
+    assert_eq!(outcome, served_and_closed());
+
+    let report = server.stopped().await;
+    assert_eq!(report.forced, None);
+    assert_eq!(report.requests_completed, 1);
+}
+
+/// A client that never sends its ClientHello holds the drain no longer than
+/// the handshake timeout, sees a clean end of stream, and does not delay
+/// anyone else meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_closed_at_the_handshake_timeout() {
+    let tls = Tls::new();
+    let watch = Watch::builder().grace(Duration::from_secs(3600)).build();
+    let server = tls.serve(
+        GracefulAccept::new(bind(localhost(), false), watch.clone()),
+        Duration::from_millis(500),
+    );
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let connector = tls.connector(&[b"http/1.1"]);
+    for _ in 0..3 {
+        assert_eq!(
+            https_get(&connector, server.addr, "/").await,
+            served_and_closed()
+        );
+    }
+
+    watch.trigger();
+    let report = server.stopped().await;
+    assert_eq!(
+        report.forced, None,
+        "the handshake timeout, not the deadline, ends it"
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        silent.read(&mut buf).await.unwrap(),
+        0,
+        "a clean end of stream"
+    );
+}
+
+/// HTTP/2 over TLS: a stream in flight at the drain completes, and the
+/// client is told to go away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_stream_in_flight_completes_with_goaway() {
+    let tls = Tls::new();
+    let watch = Watch::new();
+    let server = tls.serve(
+        GracefulAccept::new(bind(localhost(), false), watch.clone()),
+        Duration::from_secs(30),
+    );
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let tls_stream = handshake(&tls.connector(&[b"h2"]), stream).await;
+    assert_eq!(tls_stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls_stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let in_flight = tokio::spawn(sender.send_request(get_request("/hold")));
+    server.gate.wait_entered(1).await;
+
+    watch.trigger();
+    within("listeners to close", watch.listeners_closed()).await;
+    server.gate.release_all();
+    let response = within("the in-flight stream", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("connection").is_none(),
+        "no Connection header in HTTP/2"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"released");
+
+    // GOAWAY: the connection ends cleanly and takes no new stream.
+    within("the connection to end", conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sender.send_request(get_request("/")).await.is_err());
+    let report = server.stopped().await;
+    assert_eq!(report.forced, None);
+}
+
+/// TLS connections queued in the kernel, their ClientHello sent, when the
+/// drain starts are all served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_tls_connections_are_all_served_and_closed() {
+    const QUEUED: usize = 50;
+    let tls = Tls::new();
+    let listener = bind(localhost(), false);
+    let addr = listener.local_addr().unwrap();
+    let connector = tls.connector(&[b"http/1.1"]);
+    let mut clients = Vec::new();
+    for _ in 0..QUEUED {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let connector = connector.clone();
+        clients.push(tokio::spawn(async move {
+            let mut tls_stream = handshake(&connector, stream).await;
+            tls_stream.write_all(&request("/")).await.unwrap();
+            read_response(&mut tls_stream).await
+        }));
+    }
+    let watch = Watch::new();
+    let listener = GracefulAccept::new(listener, watch.clone());
+    watch.trigger();
+    let server = tls.serve(listener, Duration::from_secs(30));
+
+    for client in clients {
+        assert_eq!(
+            within("a queued response", client).await.unwrap(),
+            served_and_closed()
+        );
+    }
+    let report = server.stopped().await;
+    assert_eq!(report.accepted_from_queue, QUEUED);
+    assert_eq!(report.requests_completed, QUEUED);
+}
+
+/// Plain HTTP, garbage and an aborted ClientHello on the TLS port fail
+/// cleanly (an alert and end of stream, never a reset) and disturb no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clients_fail_cleanly() {
+    let tls = Tls::new();
+    let watch = Watch::new();
+    let server = tls.serve(
+        GracefulAccept::new(bind(localhost(), false), watch.clone()),
+        Duration::from_secs(30),
+    );
+    let connector = tls.connector(&[b"http/1.1"]);
+    let garbage: [&[u8]; 3] = [
+        &request("/"),
+        &[0xde, 0xad, 0xbe, 0xef].repeat(64),
+        // The first bytes of a ClientHello record, then the client gives up.
+        &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01],
+    ];
+    for bytes in garbage {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let aborted = bytes.len() == 8;
+        if aborted {
+            stream.shutdown().await.unwrap();
+        }
+        let mut answer = Vec::new();
+        within("the server to close", stream.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|e| panic!("{bytes:?} ended with {e}, not a clean close"));
+        if !answer.is_empty() {
+            assert_eq!(answer[0], 0x15, "an alert record: {answer:?}");
+        }
+        assert_eq!(
+            https_get(&connector, server.addr, "/").await,
+            served_and_closed()
+        );
+    }
+    watch.trigger();
+    assert_eq!(server.stopped().await.forced, None);
+}
