@@ -590,10 +590,11 @@ impl Inner {
             tracing::warn!("no tokio runtime to run the drain deadline on; it is not enforced");
             return;
         };
-        let grace = self.config.grace;
+        // Counted from the trigger, not from when the task first runs.
+        let deadline = Instant::now() + self.config.grace;
         runtime.spawn(async move {
             tokio::select! {
-                () = tokio::time::sleep(grace) => watch.inner.force("deadline"),
+                () = tokio::time::sleep_until(deadline) => watch.inner.force("deadline"),
                 _ = watch.drained() => {}
             }
         });
