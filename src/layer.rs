@@ -190,8 +190,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = ready!(this.inner.poll(cx))?;
+        let result = ready!(this.inner.poll(cx));
         let token = this.token.take().expect("polled after completion");
+        let mut response = result?;
         if *this.may_close
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
             && token.inner.is_draining()

@@ -601,12 +601,16 @@ impl Inner {
     }
 
     fn force(&self, cause: &'static str) {
+        // The timeline lock is held across the phase change, so a drain that
+        // ends concurrently either sees the force recorded or wins before it.
+        let mut timeline = self.lock_timeline();
         if self.advance(Phase::Draining, Phase::Forced).is_err() {
             return;
         }
         let connections = self.lock_connections();
         let open = connections.len();
-        self.lock_timeline().forced = Some((Instant::now(), cause, open));
+        timeline.forced = Some((Instant::now(), cause, open));
+        drop(timeline);
         tracing::warn!(
             cause,
             connections = open,
