@@ -15,7 +15,7 @@ mod common;
 
 use std::future::ready;
 
-use common::{bind, connect_and_send, localhost, read_response, Gate, Outcome};
+use common::{bind, connect_and_send, localhost, read_response, request, Gate, Outcome};
 use tower_drain::{GracefulAccept, Watch};
 
 #[derive(Default)]
@@ -48,7 +48,7 @@ where
     let addr = listener.local_addr().unwrap();
     let mut clients = Vec::new();
     for _ in 0..queued {
-        clients.push(connect_and_send(addr, "/").await.unwrap());
+        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
     }
     let server = tokio::spawn(serve(listener));
     for mut client in clients {

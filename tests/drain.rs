@@ -18,7 +18,7 @@ async fn queued_connections_are_all_served() {
     let addr = listener.local_addr().unwrap();
     let mut clients = Vec::new();
     for _ in 0..QUEUED {
-        clients.push(connect_and_send(addr, "/").await.unwrap());
+        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
     }
     // The drain starts before the server has accepted any of them.
     let watch = Watch::new();
@@ -47,7 +47,9 @@ async fn queued_connections_are_all_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_request_completes_then_serve_returns() {
     let server = Server::start(bind(localhost(), false), Watch::new());
-    let mut client = connect_and_send(server.addr, "/hold").await.unwrap();
+    let mut client = connect_and_send(server.addr, &request("/hold"))
+        .await
+        .unwrap();
     server.gate.wait_entered(1).await;
 
     server.watch.trigger();
@@ -115,7 +117,9 @@ async fn idle_and_silent_connections_do_not_hold_the_drain() {
 async fn hung_request_is_forced_at_the_deadline() {
     let watch = Watch::builder().grace(Duration::from_millis(300)).build();
     let server = Server::start(bind(localhost(), false), watch);
-    let mut client = connect_and_send(server.addr, "/hang").await.unwrap();
+    let mut client = connect_and_send(server.addr, &request("/hang"))
+        .await
+        .unwrap();
     server.gate.wait_entered(1).await;
 
     server.watch.trigger();
@@ -134,7 +138,9 @@ async fn hung_request_is_forced_at_the_deadline() {
 async fn second_trigger_forces_at_once() {
     let watch = Watch::builder().grace(Duration::from_secs(3600)).build();
     let server = Server::start(bind(localhost(), false), watch);
-    let _client = connect_and_send(server.addr, "/hold").await.unwrap();
+    let _client = connect_and_send(server.addr, &request("/hold"))
+        .await
+        .unwrap();
     server.gate.wait_entered(1).await;
 
     server.watch.trigger();
@@ -150,7 +156,9 @@ async fn second_trigger_forces_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_are_refused_after_close() {
     let server = Server::start(bind(localhost(), false), Watch::new());
-    let mut held = connect_and_send(server.addr, "/hold").await.unwrap();
+    let mut held = connect_and_send(server.addr, &request("/hold"))
+        .await
+        .unwrap();
     server.gate.wait_entered(1).await;
 
     server.watch.trigger();
@@ -175,7 +183,9 @@ async fn healthz_reports_draining() {
     assert!(one_request(server.addr, "/healthz").await.is_ok());
 
     let (mut sender, _conn) = http1_client(server.addr).await;
-    let mut held = connect_and_send(server.addr, "/hold").await.unwrap();
+    let mut held = connect_and_send(server.addr, &request("/hold"))
+        .await
+        .unwrap();
     server.gate.wait_entered(1).await;
     server.watch.trigger();
 

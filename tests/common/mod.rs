@@ -228,10 +228,12 @@ fn parse_response(buf: &[u8]) -> Outcome {
     }
 }
 
-/// Connects and sends one request, without reading.
-pub async fn connect_and_send(addr: SocketAddr, path: &str) -> io::Result<TcpStream> {
+/// Connects and sends `request` (from [`request`] or [`closing_request`]),
+/// without reading. Reading a keep-alive request's answer to the end only
+/// ends once the server closes the connection: when it drains.
+pub async fn connect_and_send(addr: SocketAddr, request: &[u8]) -> io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(&request(path)).await?;
+    stream.write_all(request).await?;
     Ok(stream)
 }
 
@@ -243,12 +245,7 @@ pub fn closing_request(path: &str) -> Vec<u8> {
 /// One request on a fresh connection that asks to be closed after it, every
 /// failure classified.
 pub async fn one_request(addr: SocketAddr, path: &str) -> Outcome {
-    let sent = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(&closing_request(path)).await?;
-        Ok::<_, io::Error>(stream)
-    };
-    match sent.await {
+    match connect_and_send(addr, &closing_request(path)).await {
         Ok(mut stream) => read_response(&mut stream).await,
         Err(e) => match e.kind() {
             io::ErrorKind::ConnectionRefused => Outcome::Refused,
