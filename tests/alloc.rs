@@ -1,0 +1,109 @@
+//! `DrainLayer` allocates nothing per request: `call`, the response future
+//! and the response body, read to its end, are counted by a counting global
+//! allocator while the drain is idle and while it runs.
+//!
+//! This file holds a single test so that no other test thread allocates
+//! while it counts.
+
+use std::{
+    alloc::System,
+    convert::Infallible,
+    future::{ready, Future, Ready},
+    pin::pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use futures_util::task::noop_waker_ref;
+use http::{header, HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use tower::Service;
+use tower_drain::{DrainService, Watch};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Requests counted per check.
+const REQUESTS: usize = 1_000;
+
+/// Answers `hello` without allocating. The response already has a header,
+/// as real responses do, so that adding `Connection: close` while draining
+/// finds the header map allocated.
+fn hello(_request: Request<()>) -> Ready<Result<Response<Full<Bytes>>, Infallible>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"hello")));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    ready(Ok(response))
+}
+
+/// One request as hyper drives it: ready, call, poll the future, read the
+/// body to its end, drop everything.
+fn one_request<S, B>(service: &mut S)
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+    B: Body,
+{
+    let mut cx = Context::from_waker(noop_waker_ref());
+    assert!(service.poll_ready(&mut cx).is_ready());
+    let future = pin!(service.call(Request::new(())));
+    let Poll::Ready(Ok(response)) = future.poll(&mut cx) else {
+        panic!("the hello service answers at once");
+    };
+    let mut body = pin!(response.into_body());
+    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
+        assert!(frame.is_ok());
+    }
+}
+
+/// Allocations, reallocations included, made by [`REQUESTS`] requests.
+fn allocations<S, B>(service: &mut S) -> usize
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+    B: Body,
+{
+    one_request(service); // anything lazily set up on first use
+    let region = Region::new(GLOBAL);
+    for _ in 0..REQUESTS {
+        one_request(service);
+    }
+    let change = region.change();
+    change.allocations + change.reallocations
+}
+
+#[test]
+fn drain_layer_does_not_allocate_per_request() {
+    let mut bare = tower::service_fn(hello);
+    let hello_allocates = allocations(&mut bare);
+    let hello_allocates_per_request = hello_allocates / REQUESTS;
+
+    let watch = Watch::new();
+    let mut drained = DrainService::new(tower::service_fn(hello), watch.clone());
+    assert_eq!(
+        allocations(&mut drained),
+        hello_allocates,
+        "DrainService must not allocate per request (the bare service makes {hello_allocates_per_request} per request)"
+    );
+    assert_eq!(watch.requests(), 0, "every request was counted out");
+
+    // While draining: the responses carry `Connection: close`, still without
+    // allocating. The listener keeps the drain from ending at once.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _listener = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tower_drain::GracefulAccept::new(listener, watch.clone())
+    });
+    let _context = runtime.enter();
+    watch.trigger();
+    assert!(watch.is_draining());
+    assert_eq!(
+        allocations(&mut drained),
+        hello_allocates,
+        "DrainService must not allocate per request while draining"
+    );
+}
