@@ -3,6 +3,7 @@
 //! accepts and closes its socket, so no queued client is reset.
 
 use std::{
+    collections::VecDeque,
     fmt,
     future::{poll_fn, Future},
     io,
@@ -75,13 +76,26 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// # Ok(())
 /// # }
 /// ```
-pub struct GracefulAccept<L> {
+pub struct GracefulAccept<L: DrainableListener> {
     listener: Option<Open<L>>,
     watch: Watch,
     draining: Pin<Box<dyn Future<Output = ()> + Send>>,
     state: State,
     limits: Limits,
+    /// Connections taken from the queue by the drain, not yet handed out.
+    drained: VecDeque<Accepted<L>>,
 }
+
+/// A connection as [`GracefulAccept::accept`] returns it.
+type Accepted<L> = (
+    TrackedIo<<L as DrainableListener>::Io>,
+    <L as DrainableListener>::Addr,
+);
+
+/// How many connections one call takes from the queue before handing one
+/// out, so that the socket closes without waiting on the server between
+/// connections, and no call blocks for long.
+const DRAIN_BATCH: usize = 256;
 
 /// The open socket and its registration, dropped together: the socket first,
 /// then the registration, so `listeners_closed` implies the socket is closed.
@@ -151,6 +165,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
             watch,
             draining,
             state: State::Accepting,
+            drained: VecDeque::new(),
             limits: Limits {
                 connections: DEFAULT_QUEUE_DRAIN_LIMIT,
                 timeout: DEFAULT_QUEUE_DRAIN_TIMEOUT,
@@ -259,29 +274,32 @@ impl<L: DrainableListener> GracefulAccept<L> {
             {
                 self.start_drain();
             }
-            let Some(open) = &mut self.listener else {
-                return Poll::Pending;
-            };
-            let listener = &mut open.listener;
-            let step = match &mut self.state {
-                State::Closed => return Poll::Pending,
-                State::Accepting => match listener.poll_accept(cx) {
-                    Poll::Ready(Ok(conn)) => Step::Yield(conn),
+            let step = match (&mut self.state, &mut self.listener) {
+                (State::Closed, _) | (_, None) => Step::Pending,
+                (State::Accepting, Some(open)) => match open.listener.poll_accept(cx) {
+                    Poll::Ready(Ok(conn)) => return Poll::Ready(self.track(conn)),
                     Poll::Ready(Err(e)) => Step::Error(e),
                     Poll::Pending => return Poll::Pending,
                 },
-                State::Backoff(sleep) => {
+                (State::Backoff(sleep), _) => {
                     std::task::ready!(sleep.as_mut().poll(cx));
                     self.state = State::Accepting;
                     continue;
                 }
-                State::Draining(drain) => drain.poll_next(listener, &self.limits, &self.watch, cx),
+                (State::Draining(drain), Some(open)) => {
+                    let into = Handoff {
+                        queue: &mut self.drained,
+                        watch: &self.watch,
+                    };
+                    drain.poll_fill(&mut open.listener, into, &self.limits, cx)
+                }
             };
             match step {
-                Step::Yield(conn) => return Poll::Ready(self.track(conn)),
                 Step::Error(e) => self.on_error(e),
                 Step::Close => self.close(),
-                Step::Pending => return Poll::Pending,
+                Step::Pending => {
+                    return self.drained.pop_front().map_or(Poll::Pending, Poll::Ready);
+                }
             }
         }
     }
@@ -300,8 +318,8 @@ impl<L: DrainableListener> GracefulAccept<L> {
         });
     }
 
-    fn track(&mut self, (io, addr): (L::Io, L::Addr)) -> (TrackedIo<L::Io>, L::Addr) {
-        (TrackedIo::new(io, &self.watch.inner), addr)
+    fn track(&self, conn: (L::Io, L::Addr)) -> Accepted<L> {
+        track::<L>(conn, &self.watch)
     }
 
     fn on_error(&mut self, error: io::Error) {
@@ -337,23 +355,36 @@ impl<L: DrainableListener> GracefulAccept<L> {
     }
 }
 
-/// What one turn of the accept state machine decided.
-enum Step<C> {
-    Yield(C),
+fn track<L: DrainableListener>((io, addr): (L::Io, L::Addr), watch: &Watch) -> Accepted<L> {
+    (TrackedIo::new(io, &watch.inner), addr)
+}
+
+/// What one turn of the accept state machine decided, besides returning a
+/// connection.
+enum Step {
     Error(io::Error),
     Close,
+    /// Nothing to do until woken: hand out a drained connection if any.
     Pending,
 }
 
+/// Where the drain puts the connections it takes from the queue.
+struct Handoff<'a, L: DrainableListener> {
+    queue: &'a mut VecDeque<Accepted<L>>,
+    watch: &'a Watch,
+}
+
 impl Drain {
-    fn poll_next<L: DrainableListener>(
+    /// Takes up to a batch of connections from the queue; once it is empty,
+    /// waits for stragglers, then asks to close.
+    fn poll_fill<L: DrainableListener>(
         &mut self,
         listener: &mut L,
+        mut into: Handoff<'_, L>,
         limits: &Limits,
-        watch: &Watch,
         cx: &mut Context<'_>,
-    ) -> Step<(L::Io, L::Addr)> {
-        if watch.inner.is_forced()
+    ) -> Step {
+        if into.watch.inner.is_forced()
             || self.accepted >= limits.connections
             || Instant::now() >= self.until
         {
@@ -365,27 +396,41 @@ impl Drain {
             }
             self.backoff = None;
         }
-        match listener.try_accept() {
-            Ok(Some(conn)) => {
-                self.accepted += 1;
-                return Step::Yield(conn);
+        for _ in 0..DRAIN_BATCH.min(limits.connections - self.accepted) {
+            match listener.try_accept() {
+                Ok(Some(conn)) => self.push(conn, &mut into),
+                Ok(None) => return self.poll_stragglers(listener, into, limits, cx),
+                Err(e) => return Step::Error(e),
             }
-            Ok(None) => {}
-            Err(e) => return Step::Error(e),
         }
-        // The queue is empty: wait a little for handshakes still in flight.
+        Step::Pending
+    }
+
+    /// The queue is empty: accepts what arrives within the straggler wait.
+    fn poll_stragglers<L: DrainableListener>(
+        &mut self,
+        listener: &mut L,
+        mut into: Handoff<'_, L>,
+        limits: &Limits,
+        cx: &mut Context<'_>,
+    ) -> Step {
         let stragglers = self
             .stragglers
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limits.straggler_wait)));
         match listener.poll_accept(cx) {
             Poll::Ready(Ok(conn)) => {
-                self.accepted += 1;
-                Step::Yield(conn)
+                self.push(conn, &mut into);
+                Step::Pending
             }
             Poll::Ready(Err(e)) => Step::Error(e),
             Poll::Pending if stragglers.as_mut().poll(cx).is_ready() => Step::Close,
             Poll::Pending => Step::Pending,
         }
+    }
+
+    fn push<L: DrainableListener>(&mut self, conn: (L::Io, L::Addr), into: &mut Handoff<'_, L>) {
+        self.accepted += 1;
+        into.queue.push_back(track::<L>(conn, into.watch));
     }
 }
 
@@ -400,7 +445,7 @@ fn is_transient(error: &io::Error) -> bool {
     )
 }
 
-impl<L: fmt::Debug> fmt::Debug for GracefulAccept<L> {
+impl<L: DrainableListener + fmt::Debug> fmt::Debug for GracefulAccept<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GracefulAccept")
             .field(
@@ -408,6 +453,7 @@ impl<L: fmt::Debug> fmt::Debug for GracefulAccept<L> {
                 &self.listener.as_ref().map(|open| &open.listener),
             )
             .field("watch", &self.watch)
+            .field("drained", &self.drained.len())
             .finish_non_exhaustive()
     }
 }

@@ -98,6 +98,7 @@ impl FirstByte {
 
     /// Notes that the server has read from the connection (data, end of
     /// stream or an error: it will not drop it unanswered).
+    #[inline]
     pub(crate) fn read(&mut self) {
         if let Some(inner) = self.inner.take() {
             inner.first_byte_read();
@@ -136,6 +137,7 @@ impl ConnectionToken {
     }
 
     /// Fails the operation if the drain is forced.
+    #[inline]
     fn check_forced(&self) -> io::Result<()> {
         if self.inner.is_forced() {
             Err(io::Error::new(
@@ -150,6 +152,7 @@ impl ConnectionToken {
     /// Wraps an inner poll: fails it once forced, and when it is pending,
     /// registers the task to be woken by a force. The force flag is checked
     /// after registering, so a force in between cannot be missed.
+    #[inline]
     fn guard<T>(
         &self,
         cx: &mut Context<'_>,
@@ -173,6 +176,7 @@ impl Drop for ConnectionToken {
 }
 
 impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -186,6 +190,7 @@ impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
 }
 
 impl<I: AsyncWrite> AsyncWrite for TrackedIo<I> {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -195,6 +200,7 @@ impl<I: AsyncWrite> AsyncWrite for TrackedIo<I> {
         this.token.guard(cx, |cx| this.io.poll_write(cx, buf))
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         this.token.guard(cx, |cx| this.io.poll_flush(cx))
@@ -204,6 +210,7 @@ impl<I: AsyncWrite> AsyncWrite for TrackedIo<I> {
         self.project().io.poll_shutdown(cx)
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

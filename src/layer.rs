@@ -27,7 +27,8 @@ use crate::watch::{Inner, Watch};
 /// on a connection that is about to close (HTTP/2 uses GOAWAY instead, which
 /// the server sends).
 ///
-/// The layer adds a few atomic operations per request and no allocation.
+/// The layer adds a few atomic operations per request and no allocation
+/// (see BENCHMARKS.md for what axum's `Router::layer` itself costs).
 /// [`with_watch_extension`](DrainLayer::with_watch_extension) also puts the
 /// [`Watch`] in each request's extensions, for handlers that end long-lived
 /// responses when the drain starts.
@@ -83,7 +84,8 @@ impl DrainLayer {
 
     /// Also inserts a clone of the [`Watch`] into every request's extensions,
     /// where handlers find it (with the `axum` feature, `Watch` is an
-    /// extractor). This costs one small allocation per request.
+    /// extractor). This costs a few small allocations per request (the
+    /// extension map and its entry).
     ///
     /// ```
     /// use axum::{routing::get, Router};
@@ -153,10 +155,12 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let token = RequestToken::new(&self.watch.inner);
         let may_close = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
@@ -188,6 +192,7 @@ where
 {
     type Output = Result<Response<DrainBody<B>>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
@@ -228,6 +233,7 @@ impl<B: Body> Body for DrainBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -240,10 +246,12 @@ impl<B: Body> Body for DrainBody<B> {
         Poll::Ready(frame)
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }
 
+    #[inline]
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
@@ -263,6 +271,7 @@ struct RequestToken {
 }
 
 impl RequestToken {
+    #[inline]
     fn new(inner: &Arc<Inner>) -> Self {
         inner.request_started();
         Self {
@@ -272,6 +281,7 @@ impl RequestToken {
 }
 
 impl Drop for RequestToken {
+    #[inline]
     fn drop(&mut self) {
         self.inner.request_finished();
     }

@@ -48,6 +48,7 @@ pub enum Phase {
 }
 
 impl Phase {
+    #[inline]
     fn from_u8(value: u8) -> Self {
         match value {
             0 => Phase::Running,
@@ -495,14 +496,17 @@ impl Inner {
         }
     }
 
+    #[inline]
     pub(crate) fn phase(&self) -> Phase {
         Phase::from_u8(self.phase.load(SeqCst))
     }
 
+    #[inline]
     pub(crate) fn is_draining(&self) -> bool {
         self.phase() != Phase::Running
     }
 
+    #[inline]
     pub(crate) fn is_forced(&self) -> bool {
         self.phase() == Phase::Forced
     }
@@ -734,10 +738,12 @@ impl Inner {
         }
     }
 
+    #[inline]
     pub(crate) fn request_started(&self) {
         self.requests.fetch_add(1, SeqCst);
     }
 
+    #[inline]
     pub(crate) fn request_finished(&self) {
         let last = self.requests.fetch_sub(1, SeqCst) == 1;
         if self.is_draining() {

@@ -2,11 +2,11 @@
 
 mod common;
 
-use std::{io, time::Duration};
+use std::{future::IntoFuture, io, time::Duration};
 
 use common::*;
 use http_body_util::BodyExt;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_drain::{GracefulAccept, Phase, Watch};
 
 /// Connections queued in the kernel when the drain starts, their requests
@@ -197,4 +197,39 @@ async fn healthz_reports_draining() {
         .await
         .is_ok());
     server.stopped().await;
+}
+
+/// A Unix-socket listener drains its queue like a TCP one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_listener_queue_is_drained() {
+    const QUEUED: usize = 20;
+    let dir = std::env::temp_dir().join(format!("tower-drain-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("drain.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..QUEUED {
+        let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        client.write_all(&request("/")).await.unwrap();
+        clients.push(client);
+    }
+    let watch = Watch::new();
+    let listener = GracefulAccept::new(listener, watch.clone());
+    watch.trigger();
+    let app = app(watch.clone(), Gate::default());
+    let serve = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(watch.shutdown_signal())
+            .into_future(),
+    );
+
+    for mut client in clients {
+        let outcome = within("a queued response", read_response(&mut client)).await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    within("serve to return", serve).await.unwrap().unwrap();
+    let report = within("the drain report", watch.drained()).await;
+    assert_eq!(report.accepted_from_queue, QUEUED);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
