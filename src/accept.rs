@@ -68,9 +68,13 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// let _client = tokio::net::TcpStream::connect(addr).await?;
 /// watch.trigger();
 ///
-/// // The queued connection is still handed over; then the socket closes.
+/// // The queued connection is still handed over...
 /// let (_io, _peer) = listener.accept().await;
-/// watch.listeners_closed().await;
+/// // ...and accepting on drives the drain to close the socket.
+/// tokio::select! {
+///     _ = listener.accept() => unreachable!("nothing else was queued"),
+///     () = watch.listeners_closed() => {}
+/// }
 /// let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
 /// assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
 /// # Ok(())
