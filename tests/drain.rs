@@ -42,15 +42,21 @@ async fn queued_connections_are_all_served() {
     assert_eq!(report.forced, None);
 }
 
+/// A server on a free port with one request held inside `/hold`.
+async fn holding_a_request(watch: Watch) -> (Server, tokio::net::TcpStream) {
+    let server = Server::start(bind(localhost(), false), watch);
+    let client = connect_and_send(server.addr, &request("/hold"))
+        .await
+        .unwrap();
+    server.gate.wait_entered(1).await;
+    (server, client)
+}
+
 /// A request in flight when the drain starts completes with 200 and
 /// `Connection: close`, and `serve` returns after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_request_completes_then_serve_returns() {
-    let server = Server::start(bind(localhost(), false), Watch::new());
-    let mut client = connect_and_send(server.addr, &request("/hold"))
-        .await
-        .unwrap();
-    server.gate.wait_entered(1).await;
+    let (server, mut client) = holding_a_request(Watch::new()).await;
 
     server.watch.trigger();
     within("listeners to close", server.watch.listeners_closed()).await;
@@ -137,11 +143,7 @@ async fn hung_request_is_forced_at_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_trigger_forces_at_once() {
     let watch = Watch::builder().grace(Duration::from_secs(3600)).build();
-    let server = Server::start(bind(localhost(), false), watch);
-    let _client = connect_and_send(server.addr, &request("/hold"))
-        .await
-        .unwrap();
-    server.gate.wait_entered(1).await;
+    let (server, _client) = holding_a_request(watch).await;
 
     server.watch.trigger();
     within("listeners to close", server.watch.listeners_closed()).await;
@@ -155,11 +157,7 @@ async fn second_trigger_forces_at_once() {
 /// Once the listener is closed, new connection attempts are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_are_refused_after_close() {
-    let server = Server::start(bind(localhost(), false), Watch::new());
-    let mut held = connect_and_send(server.addr, &request("/hold"))
-        .await
-        .unwrap();
-    server.gate.wait_entered(1).await;
+    let (server, mut held) = holding_a_request(Watch::new()).await;
 
     server.watch.trigger();
     within("listeners to close", server.watch.listeners_closed()).await;

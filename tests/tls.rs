@@ -57,6 +57,12 @@ impl Tls {
         TlsConnector::from(Arc::new(client))
     }
 
+    /// Serves the test app over TLS on a free port.
+    fn start(&self, watch: &Watch, handshake_timeout: Duration) -> Server {
+        let listener = GracefulAccept::new(bind(localhost(), false), watch.clone());
+        self.serve(listener, handshake_timeout)
+    }
+
     /// Serves the test app over TLS on `listener`.
     fn serve(&self, listener: GracefulAccept<TcpListener>, handshake_timeout: Duration) -> Server {
         let addr = listener.local_addr().unwrap();
@@ -93,13 +99,10 @@ fn served_and_closed() -> Outcome {
 /// A connection accepted before the drain whose client only then performs
 /// its handshake and sends its request is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshake_started_after_trigger_is_served_and_closed() {
+async fn handshake_started_after_trigger_is_served() {
     let tls = Tls::new();
     let watch = Watch::new();
-    let server = tls.serve(
-        GracefulAccept::new(bind(localhost(), false), watch.clone()),
-        Duration::from_secs(30),
-    );
+    let server = tls.start(&watch, Duration::from_secs(30));
     let stream = TcpStream::connect(server.addr).await.unwrap();
     within("the server to accept", async {
         while watch.connections() == 0 {
@@ -127,10 +130,7 @@ async fn handshake_started_after_trigger_is_served_and_closed() {
 async fn silent_client_is_closed_at_the_handshake_timeout() {
     let tls = Tls::new();
     let watch = Watch::builder().grace(Duration::from_secs(3600)).build();
-    let server = tls.serve(
-        GracefulAccept::new(bind(localhost(), false), watch.clone()),
-        Duration::from_millis(500),
-    );
+    let server = tls.start(&watch, Duration::from_millis(500));
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let connector = tls.connector(&[b"http/1.1"]);
     for _ in 0..3 {
@@ -160,10 +160,7 @@ async fn silent_client_is_closed_at_the_handshake_timeout() {
 async fn http2_stream_in_flight_completes_with_goaway() {
     let tls = Tls::new();
     let watch = Watch::new();
-    let server = tls.serve(
-        GracefulAccept::new(bind(localhost(), false), watch.clone()),
-        Duration::from_secs(30),
-    );
+    let server = tls.start(&watch, Duration::from_secs(30));
     let stream = TcpStream::connect(server.addr).await.unwrap();
     let tls_stream = handshake(&tls.connector(&[b"h2"]), stream).await;
     assert_eq!(tls_stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -241,10 +238,7 @@ async fn queued_tls_connections_are_all_served_and_closed() {
 async fn bad_clients_fail_cleanly() {
     let tls = Tls::new();
     let watch = Watch::new();
-    let server = tls.serve(
-        GracefulAccept::new(bind(localhost(), false), watch.clone()),
-        Duration::from_secs(30),
-    );
+    let server = tls.start(&watch, Duration::from_secs(30));
     let connector = tls.connector(&[b"http/1.1"]);
     let garbage: [&[u8]; 3] = [
         &request("/"),
