@@ -17,12 +17,24 @@ use tokio::time::{Instant, Sleep};
 use crate::{io::TrackedIo, listener::DrainableListener, watch::Watch};
 
 /// Default [`GracefulAccept::queue_drain_limit`].
+///
+/// ```
+/// assert_eq!(tower_drain::DEFAULT_QUEUE_DRAIN_LIMIT, 65_536);
+/// ```
 pub const DEFAULT_QUEUE_DRAIN_LIMIT: usize = 65_536;
 
 /// Default [`GracefulAccept::queue_drain_timeout`].
+///
+/// ```
+/// assert_eq!(tower_drain::DEFAULT_QUEUE_DRAIN_TIMEOUT.as_secs(), 1);
+/// ```
 pub const DEFAULT_QUEUE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Default [`GracefulAccept::straggler_wait`].
+///
+/// ```
+/// assert_eq!(tower_drain::DEFAULT_STRAGGLER_WAIT.as_millis(), 2);
+/// ```
 pub const DEFAULT_STRAGGLER_WAIT: Duration = Duration::from_millis(2);
 
 /// How long to wait before accepting again after an error such as `EMFILE`.
@@ -235,11 +247,33 @@ impl<L: DrainableListener> GracefulAccept<L> {
     }
 
     /// The [`Watch`] this listener reports to.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+    /// assert_eq!(listener.watch().listeners(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn watch(&self) -> &Watch {
         &self.watch
     }
 
     /// The wrapped listener, or `None` once the drain has closed it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+    /// assert!(listener.get_ref().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_ref(&self) -> Option<&L> {
         self.listener.as_ref().map(|open| &open.listener)
     }
@@ -249,6 +283,17 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// # Errors
     ///
     /// Fails once the drain has closed the listener.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+    /// assert!(listener.local_addr()?.ip().is_loopback());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn local_addr(&self) -> io::Result<L::Addr> {
         match &self.listener {
             Some(open) => open.listener.local_addr(),
@@ -266,12 +311,40 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// # Cancel safety
     ///
     /// Cancel safe: see the [type documentation](GracefulAccept#cancel-safety).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+    /// let client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+    /// let (io, peer) = listener.accept().await;
+    /// assert_eq!(peer, client.local_addr()?);
+    /// assert_eq!(watch.connections(), 1);
+    /// # drop(io);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn accept(&mut self) -> (TrackedIo<L::Io>, L::Addr) {
         poll_fn(|cx| self.poll_accept(cx)).await
     }
 
     /// Polls for the next connection; the poll form of
     /// [`accept`](GracefulAccept::accept).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+    /// let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+    /// let (_io, _peer) = std::future::poll_fn(|cx| listener.poll_accept(cx)).await;
+    /// assert_eq!(watch.connections(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<(TrackedIo<L::Io>, L::Addr)> {
         loop {
             if matches!(self.state, State::Accepting | State::Backoff(_)) && self.poll_triggered(cx)

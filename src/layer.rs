@@ -137,11 +137,43 @@ pub struct DrainService<S> {
 impl<S> DrainService<S> {
     /// Wraps `inner` so that it reports to `watch`; the same as
     /// `DrainLayer::new(watch).layer(inner)`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use http::{Request, Response};
+    /// # use tower::{service_fn, ServiceExt};
+    /// # use tower_drain::{DrainService, Watch};
+    /// # let watch = Watch::new();
+    /// # let service = DrainService::new(service_fn(|_req: Request<()>| async {
+    /// #     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+    /// # }), watch.clone());
+    /// let response = service.oneshot(Request::new(())).await.unwrap();
+    /// assert_eq!(watch.requests(), 1);
+    /// # drop(response);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(inner: S, watch: Watch) -> Self {
         DrainLayer::new(watch).layer(inner)
     }
 
     /// The wrapped service.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use http::{Request, Response};
+    /// # use tower::{service_fn, ServiceExt};
+    /// # use tower_drain::{DrainService, Watch};
+    /// # let watch = Watch::new();
+    /// # let service = DrainService::new(service_fn(|_req: Request<()>| async {
+    /// #     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+    /// # }), watch.clone());
+    /// let _inner = service.get_ref();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
@@ -178,6 +210,27 @@ where
 
 pin_project! {
     /// The response future of [`DrainService`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use http::{Request, Response};
+    /// # use tower::{service_fn, ServiceExt};
+    /// # use tower_drain::{DrainService, Watch};
+    /// # let watch = Watch::new();
+    /// # let service = DrainService::new(service_fn(|_req: Request<()>| async {
+    /// #     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+    /// # }), watch.clone());
+    /// use tower::Service;
+    ///
+    /// let mut service = service;
+    /// let future: tower_drain::ResponseFuture<_> = service.call(Request::new(()));
+    /// assert_eq!(watch.requests(), 1); // counted from `call`
+    /// drop(future);
+    /// assert_eq!(watch.requests(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -222,6 +275,28 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 pin_project! {
     /// The response body of [`DrainService`]: the request counts as in flight
     /// until this body has ended or been dropped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use http::{Request, Response};
+    /// # use tower::{service_fn, ServiceExt};
+    /// # use tower_drain::{DrainService, Watch};
+    /// # let watch = Watch::new();
+    /// # let service = DrainService::new(service_fn(|_req: Request<()>| async {
+    /// #     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+    /// # }), watch.clone());
+    /// use http_body_util::BodyExt;
+    ///
+    /// let response = service.oneshot(Request::new(())).await.unwrap();
+    /// let body: tower_drain::DrainBody<String> = response.into_body();
+    /// assert_eq!(watch.requests(), 1);
+    /// let bytes = body.collect().await.unwrap().to_bytes();
+    /// assert_eq!(&bytes[..], b"hello");
+    /// assert_eq!(watch.requests(), 0); // released at the end of the body
+    /// # Ok(())
+    /// # }
+    /// ```
     pub struct DrainBody<B> {
         #[pin]
         inner: B,

@@ -21,6 +21,18 @@ use tokio::{
 ///
 /// Implemented for [`tokio::net::TcpListener`] and, on Unix,
 /// [`tokio::net::UnixListener`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use tower_drain::DrainableListener;
+///
+/// let mut listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// // Nothing queued: the kernel says so at once.
+/// assert!(listener.try_accept()?.is_none());
+/// # Ok(())
+/// # }
+/// ```
 pub trait DrainableListener: Send + 'static {
     /// The accepted connection.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;

@@ -24,6 +24,10 @@ use crate::{
 };
 
 /// Default [`TlsAccept::handshake_timeout`].
+///
+/// ```
+/// assert_eq!(tower_drain::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), 10);
+/// ```
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After a failed handshake, how long to read and discard what the client
@@ -92,14 +96,26 @@ impl<L: DrainableListener> TlsAccept<L> {
     /// Terminates TLS with `config` on the connections `listener` accepts.
     ///
     /// ```
-    /// # fn config() -> std::sync::Arc<tokio_rustls::rustls::ServerConfig> { unimplemented!() }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
-    /// # if true { return Ok(()) }
+    /// use std::sync::Arc;
+    /// use tokio_rustls::rustls::{crypto::ring, pki_types::PrivateKeyDer, ServerConfig};
+    ///
+    /// let rcgen::CertifiedKey { cert, signing_key } =
+    ///     rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    /// let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    /// let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    ///     .with_safe_default_protocol_versions()
+    ///     .unwrap()
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(vec![cert.der().clone()], key)
+    ///     .unwrap();
+    ///
     /// let watch = tower_drain::Watch::new();
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     /// let listener = tower_drain::GracefulAccept::new(listener, watch);
-    /// let listener = tower_drain::TlsAccept::new(listener, config());
+    /// let listener = tower_drain::TlsAccept::new(listener, Arc::new(config))
+    ///     .handshake_timeout(std::time::Duration::from_secs(5));
     /// # drop(listener);
     /// # Ok(())
     /// # }
@@ -114,20 +130,34 @@ impl<L: DrainableListener> TlsAccept<L> {
     }
 
     /// The longest a handshake may take before the connection is closed.
-    /// Default 10 s.
-    ///
-    /// ```
-    /// # fn listener() -> tower_drain::TlsAccept<tokio::net::TcpListener> { unimplemented!() }
-    /// # if false {
-    /// let listener = listener().handshake_timeout(std::time::Duration::from_secs(5));
-    /// # }
-    /// ```
+    /// Default 10 s. (Example: [`TlsAccept::new`].)
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
     /// The [`Watch`] the listener reports to.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use std::sync::Arc;
+    /// # use tokio_rustls::rustls::{crypto::ring, pki_types::PrivateKeyDer, ServerConfig};
+    /// # let rcgen::CertifiedKey { cert, signing_key } =
+    /// #     rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    /// # let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    /// # let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    /// #     .with_safe_default_protocol_versions().unwrap()
+    /// #     .with_no_client_auth()
+    /// #     .with_single_cert(vec![cert.der().clone()], key).unwrap();
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+    /// # let mut listener = tower_drain::TlsAccept::new(listener, Arc::new(config));
+    /// assert_eq!(listener.watch().listeners(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn watch(&self) -> &Watch {
         self.listener.watch()
     }
@@ -137,6 +167,27 @@ impl<L: DrainableListener> TlsAccept<L> {
     /// # Errors
     ///
     /// Fails once the drain has closed the listener.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use std::sync::Arc;
+    /// # use tokio_rustls::rustls::{crypto::ring, pki_types::PrivateKeyDer, ServerConfig};
+    /// # let rcgen::CertifiedKey { cert, signing_key } =
+    /// #     rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    /// # let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    /// # let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    /// #     .with_safe_default_protocol_versions().unwrap()
+    /// #     .with_no_client_auth()
+    /// #     .with_single_cert(vec![cert.der().clone()], key).unwrap();
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+    /// # let mut listener = tower_drain::TlsAccept::new(listener, Arc::new(config));
+    /// assert!(listener.local_addr()?.ip().is_loopback());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn local_addr(&self) -> io::Result<L::Addr> {
         self.listener.local_addr()
     }
@@ -146,6 +197,31 @@ impl<L: DrainableListener> TlsAccept<L> {
     /// # Cancel safety
     ///
     /// Cancel safe: see the [type documentation](TlsAccept#cancel-safety).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # use std::sync::Arc;
+    /// # use tokio_rustls::rustls::{crypto::ring, pki_types::PrivateKeyDer, ServerConfig};
+    /// # let rcgen::CertifiedKey { cert, signing_key } =
+    /// #     rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    /// # let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    /// # let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    /// #     .with_safe_default_protocol_versions().unwrap()
+    /// #     .with_no_client_auth()
+    /// #     .with_single_cert(vec![cert.der().clone()], key).unwrap();
+    /// # let watch = tower_drain::Watch::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+    /// # let mut listener = tower_drain::TlsAccept::new(listener, Arc::new(config));
+    /// // A client that connects but never starts its handshake is not returned:
+    /// let _silent = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+    /// let accepted = tokio::time::timeout(std::time::Duration::from_millis(50), listener.accept());
+    /// assert!(accepted.await.is_err());
+    /// assert_eq!(watch.connections(), 1); // but it counts as open
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn accept(&mut self) -> (TlsIo<L::Io>, L::Addr) {
         loop {
             tokio::select! {
@@ -243,6 +319,13 @@ pin_project! {
     /// A TLS connection as [`TlsAccept`] hands it to the server: the stream,
     /// which counts as awaiting its first byte until the server reads
     /// decrypted application data from it.
+    ///
+    /// ```
+    /// fn alpn<I>(io: &tower_drain::TlsIo<I>) -> Option<&[u8]> {
+    ///     io.get_ref().get_ref().1.alpn_protocol()
+    /// }
+    /// # let _ = alpn::<tokio::net::TcpStream>;
+    /// ```
     pub struct TlsIo<I> {
         #[pin]
         stream: TlsStream<TrackedIo<I>>,
@@ -260,6 +343,13 @@ impl<I> TlsIo<I> {
 
     /// The TLS stream: the connection and the rustls session, for the
     /// negotiated ALPN protocol, the SNI name or client certificates.
+    ///
+    /// ```
+    /// fn server_name<I>(io: &tower_drain::TlsIo<I>) -> Option<&str> {
+    ///     io.get_ref().get_ref().1.server_name()
+    /// }
+    /// # let _ = server_name::<tokio::net::TcpStream>;
+    /// ```
     pub fn get_ref(&self) -> &TlsStream<TrackedIo<I>> {
         &self.stream
     }

@@ -26,13 +26,30 @@ use tokio::{runtime::Handle, sync::Notify, time::Instant};
 use crate::report::DrainReport;
 
 /// Default [`WatchBuilder::grace`]: how long the drain may take before it is forced.
+///
+/// ```
+/// assert_eq!(tower_drain::DEFAULT_GRACE.as_secs(), 30);
+/// ```
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Default [`WatchBuilder::first_byte_grace`].
+///
+/// ```
+/// assert_eq!(tower_drain::DEFAULT_FIRST_BYTE_GRACE.as_secs(), 1);
+/// ```
 pub const DEFAULT_FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
 
 /// Where a drain stands. Phases only move forward:
 /// `Running → Draining → Drained`, or `Draining → Forced`.
+///
+/// ```
+/// use tower_drain::{Phase, Watch};
+///
+/// let watch = Watch::new();
+/// assert_eq!(watch.phase(), Phase::Running);
+/// watch.trigger(); // nothing is open, so the drain ends at once
+/// assert_eq!(watch.phase(), Phase::Drained);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// Serving normally; nothing has triggered the drain.
@@ -90,6 +107,11 @@ impl Default for WatchBuilder {
 impl WatchBuilder {
     /// The hard deadline, counted from the trigger: whatever is still open
     /// then is forced closed. Default 30 s.
+    ///
+    /// ```
+    /// let watch = tower_drain::Watch::builder().grace(std::time::Duration::from_secs(5)).build();
+    /// assert_eq!(watch.grace().as_secs(), 5);
+    /// ```
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
@@ -103,12 +125,24 @@ impl WatchBuilder {
     /// waits in the kernel. [`Watch::shutdown_signal`] therefore holds back
     /// until every connection has read its first byte, or until this long
     /// after the last connection was accepted.
+    ///
+    /// ```
+    /// let watch = tower_drain::Watch::builder()
+    ///     .first_byte_grace(std::time::Duration::from_millis(250))
+    ///     .build();
+    /// # drop(watch);
+    /// ```
     pub fn first_byte_grace(mut self, grace: Duration) -> Self {
         self.first_byte_grace = grace;
         self
     }
 
     /// Builds the [`Watch`].
+    ///
+    /// ```
+    /// let watch = tower_drain::WatchBuilder::default().build();
+    /// assert_eq!(watch.phase(), tower_drain::Phase::Running);
+    /// ```
     pub fn build(self) -> Watch {
         Watch {
             inner: Arc::new(Inner::new(self)),
