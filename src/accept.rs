@@ -14,7 +14,11 @@ use std::{
 
 use tokio::time::{Instant, Sleep};
 
-use crate::{io::TrackedIo, listener::DrainableListener, watch::Watch};
+use crate::{
+    io::{ConnectionToken, TrackedIo},
+    listener::DrainableListener,
+    watch::Watch,
+};
 
 /// Default [`GracefulAccept::queue_drain_limit`].
 ///
@@ -98,8 +102,9 @@ pub struct GracefulAccept<L: DrainableListener> {
     draining: Pin<Box<dyn Future<Output = ()> + Send>>,
     state: State,
     limits: Limits,
-    /// Connections taken from the queue by the drain, not yet handed out.
-    drained: VecDeque<Accepted<L>>,
+    /// Connections taken from the queue by the drain, counted but not yet
+    /// registered with the runtime nor handed out.
+    drained: VecDeque<(ConnectionToken, L::Queued)>,
 }
 
 /// A connection as [`GracefulAccept::accept`] returns it.
@@ -148,8 +153,9 @@ enum State {
 struct Drain {
     accepted: usize,
     until: Instant,
-    /// Armed when the queue is first found empty.
-    stragglers: Option<Pin<Box<Sleep>>>,
+    /// Armed when the queue is first found empty: until when to wait for
+    /// stragglers, and a timer to wake the task then.
+    stragglers: Option<(Instant, Pin<Box<Sleep>>)>,
     /// Armed after an accept error while draining.
     backoff: Option<Pin<Box<Sleep>>>,
 }
@@ -372,13 +378,25 @@ impl<L: DrainableListener> GracefulAccept<L> {
                 }
             };
             match step {
+                Step::Yield(conn) => return Poll::Ready(self.track(conn)),
                 Step::Error(e) => self.on_error(e),
                 Step::Close => self.close(),
-                Step::Pending => {
-                    return self.drained.pop_front().map_or(Poll::Pending, Poll::Ready);
+                Step::Pending => return self.next_drained().map_or(Poll::Pending, Poll::Ready),
+            }
+        }
+    }
+
+    /// Registers and hands out the next connection the drain took.
+    fn next_drained(&mut self) -> Option<Accepted<L>> {
+        while let Some((token, queued)) = self.drained.pop_front() {
+            match L::register(queued) {
+                Ok((io, addr)) => return Some((TrackedIo::with_token(io, token), addr)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot register a drained connection; closing it")
                 }
             }
         }
+        None
     }
 
     fn poll_triggered(&mut self, cx: &mut Context<'_>) -> bool {
@@ -438,7 +456,9 @@ fn track<L: DrainableListener>((io, addr): (L::Io, L::Addr), watch: &Watch) -> A
 
 /// What one turn of the accept state machine decided, besides returning a
 /// connection.
-enum Step {
+enum Step<C> {
+    /// A straggler accepted the usual way.
+    Yield(C),
     Error(io::Error),
     Close,
     /// Nothing to do until woken: hand out a drained connection if any.
@@ -447,7 +467,7 @@ enum Step {
 
 /// Where the drain puts the connections it takes from the queue.
 struct Handoff<'a, L: DrainableListener> {
-    queue: &'a mut VecDeque<Accepted<L>>,
+    queue: &'a mut VecDeque<(ConnectionToken, L::Queued)>,
     watch: &'a Watch,
 }
 
@@ -460,7 +480,7 @@ impl Drain {
         mut into: Handoff<'_, L>,
         limits: &Limits,
         cx: &mut Context<'_>,
-    ) -> Step {
+    ) -> Step<(L::Io, L::Addr)> {
         if into.watch.inner.is_forced()
             || self.accepted >= limits.connections
             || Instant::now() >= self.until
@@ -473,41 +493,62 @@ impl Drain {
             }
             self.backoff = None;
         }
-        for _ in 0..DRAIN_BATCH.min(limits.connections - self.accepted) {
-            match listener.try_accept() {
-                Ok(Some(conn)) => self.push(conn, &mut into),
-                Ok(None) => return self.poll_stragglers(listener, into, limits, cx),
+        if self.stragglers.is_none() {
+            match self.take_batch(listener, &mut into, limits) {
+                Ok(true) => {}
+                Ok(false) => return Step::Pending,
                 Err(e) => return Step::Error(e),
             }
         }
-        Step::Pending
+        let (until, timer) = self.stragglers.get_or_insert_with(|| {
+            let until = Instant::now() + limits.straggler_wait;
+            (until, Box::pin(tokio::time::sleep_until(until)))
+        });
+        let step = poll_stragglers(listener, *until, timer.as_mut(), cx);
+        if matches!(step, Step::Yield(_)) {
+            self.accepted += 1;
+        }
+        step
     }
 
-    /// The queue is empty: accepts what arrives within the straggler wait.
-    fn poll_stragglers<L: DrainableListener>(
+    /// Takes up to a batch of queued connections, counting each at once;
+    /// `true` once the kernel reports the queue empty.
+    fn take_batch<L: DrainableListener>(
         &mut self,
         listener: &mut L,
-        mut into: Handoff<'_, L>,
+        into: &mut Handoff<'_, L>,
         limits: &Limits,
-        cx: &mut Context<'_>,
-    ) -> Step {
-        let stragglers = self
-            .stragglers
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limits.straggler_wait)));
-        match listener.poll_accept(cx) {
-            Poll::Ready(Ok(conn)) => {
-                self.push(conn, &mut into);
-                Step::Pending
-            }
-            Poll::Ready(Err(e)) => Step::Error(e),
-            Poll::Pending if stragglers.as_mut().poll(cx).is_ready() => Step::Close,
-            Poll::Pending => Step::Pending,
+    ) -> io::Result<bool> {
+        for _ in 0..DRAIN_BATCH.min(limits.connections - self.accepted) {
+            let Some(queued) = listener.try_accept()? else {
+                return Ok(true);
+            };
+            self.accepted += 1;
+            into.queue
+                .push_back((ConnectionToken::new(&into.watch.inner), queued));
         }
+        Ok(false)
     }
+}
 
-    fn push<L: DrainableListener>(&mut self, conn: (L::Io, L::Addr), into: &mut Handoff<'_, L>) {
-        self.accepted += 1;
-        into.queue.push_back(track::<L>(conn, into.watch));
+/// The queue was found empty: accepts, the usual readiness-driven way, what
+/// arrives until `until`. The end of the wait is read from the clock, not only
+/// from the timer, which cannot fire while the server keeps this task busy
+/// handing out drained connections.
+fn poll_stragglers<L: DrainableListener>(
+    listener: &mut L,
+    until: Instant,
+    timer: Pin<&mut Sleep>,
+    cx: &mut Context<'_>,
+) -> Step<(L::Io, L::Addr)> {
+    if Instant::now() >= until {
+        return Step::Close;
+    }
+    match listener.poll_accept(cx) {
+        Poll::Ready(Ok(conn)) => Step::Yield(conn),
+        Poll::Ready(Err(e)) => Step::Error(e),
+        Poll::Pending if timer.poll(cx).is_ready() => Step::Close,
+        Poll::Pending => Step::Pending,
     }
 }
 

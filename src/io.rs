@@ -54,10 +54,12 @@ pin_project! {
 
 impl<I> TrackedIo<I> {
     pub(crate) fn new(io: I, inner: &Arc<Inner>) -> Self {
-        Self {
-            io,
-            token: ConnectionToken::new(inner),
-        }
+        Self::with_token(io, ConnectionToken::new(inner))
+    }
+
+    /// Wraps a connection that was counted before its `io` existed.
+    pub(crate) fn with_token(io: I, token: ConnectionToken) -> Self {
+        Self { io, token }
     }
 
     /// The wrapped connection.
@@ -143,7 +145,7 @@ impl Drop for FirstByte {
 }
 
 /// A connection's registration with the [`Watch`](crate::Watch), released on drop.
-struct ConnectionToken {
+pub(crate) struct ConnectionToken {
     inner: Arc<Inner>,
     key: usize,
     force: ForceSlot,
@@ -151,7 +153,7 @@ struct ConnectionToken {
 }
 
 impl ConnectionToken {
-    fn new(inner: &Arc<Inner>) -> Self {
+    pub(crate) fn new(inner: &Arc<Inner>) -> Self {
         let force = Arc::new(AtomicWaker::new());
         let key = inner.connection_opened(force.clone());
         Self {

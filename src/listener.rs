@@ -6,7 +6,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use socket2::SockRef;
+use socket2::{SockAddr, SockRef, Socket};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -17,27 +17,20 @@ use tokio::{
 /// Besides the usual readiness-driven accept, it must offer an accept that
 /// never waits and says for certain whether the kernel's queue is empty.
 /// tokio's `poll_accept` cannot: with stale readiness it returns `Pending`
-/// without asking the kernel.
+/// without asking the kernel. Connections taken that way are registered
+/// with the runtime only when they are handed to the server, so that the
+/// drain closes the socket after one system call per queued connection.
 ///
 /// Implemented for [`tokio::net::TcpListener`] and, on Unix,
 /// [`tokio::net::UnixListener`].
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> std::io::Result<()> {
-/// use tower_drain::DrainableListener;
-///
-/// let mut listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// // Nothing queued: the kernel says so at once.
-/// assert!(listener.try_accept()?.is_none());
-/// # Ok(())
-/// # }
-/// ```
 pub trait DrainableListener: Send + 'static {
     /// The accepted connection.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// The peer's address.
     type Addr: Send + fmt::Debug;
+    /// A connection taken from the queue by [`try_accept`](Self::try_accept),
+    /// not yet registered with the runtime.
+    type Queued: Send + 'static;
 
     /// Waits for the next connection, like `TcpListener::poll_accept`.
     ///
@@ -47,13 +40,21 @@ pub trait DrainableListener: Send + 'static {
     /// skips or retries every error.
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Self::Addr)>>;
 
-    /// Accepts a queued connection without waiting: `Ok(None)` means the
+    /// Takes a queued connection without waiting: `Ok(None)` means the
     /// kernel reported the queue empty.
     ///
     /// # Errors
     ///
     /// Whatever accept(2) reports, except `EAGAIN`.
-    fn try_accept(&mut self) -> io::Result<Option<(Self::Io, Self::Addr)>>;
+    fn try_accept(&mut self) -> io::Result<Option<Self::Queued>>;
+
+    /// Registers a connection from [`try_accept`](Self::try_accept) with the
+    /// current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the registration reports.
+    fn register(queued: Self::Queued) -> io::Result<(Self::Io, Self::Addr)>;
 
     /// The address the listener is bound to.
     ///
@@ -63,35 +64,51 @@ pub trait DrainableListener: Send + 'static {
     fn local_addr(&self) -> io::Result<Self::Addr>;
 }
 
-/// Accepts one connection from `listener`'s queue with a non-blocking
-/// accept(2), returning it non-blocking and close-on-exec.
-fn accept_now(listener: SockRef<'_>) -> io::Result<Option<(socket2::Socket, socket2::SockAddr)>> {
-    match listener.accept() {
-        Ok((socket, addr)) => {
-            socket.set_nonblocking(true)?;
-            Ok(Some((socket, addr)))
-        }
+/// Takes one connection from `listener`'s queue with a non-blocking
+/// accept(2), returning it non-blocking and close-on-exec, or `None` if the
+/// queue is empty.
+fn accept_now(listener: SockRef<'_>) -> io::Result<Option<(Socket, SockAddr)>> {
+    match accept_nonblocking(listener) {
+        Ok(accepted) => Ok(Some(accepted)),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e),
     }
 }
 
+/// One accept4(2) where there is one: no `fcntl` calls after it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn accept_nonblocking(listener: SockRef<'_>) -> io::Result<(Socket, SockAddr)> {
+    listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn accept_nonblocking(listener: SockRef<'_>) -> io::Result<(Socket, SockAddr)> {
+    let (socket, addr) = listener.accept()?;
+    socket.set_nonblocking(true)?;
+    Ok((socket, addr))
+}
+
 impl DrainableListener for TcpListener {
     type Io = TcpStream;
     type Addr = std::net::SocketAddr;
+    type Queued = (std::net::TcpStream, std::net::SocketAddr);
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Self::Addr)>> {
         TcpListener::poll_accept(self, cx)
     }
 
-    fn try_accept(&mut self) -> io::Result<Option<(Self::Io, Self::Addr)>> {
+    fn try_accept(&mut self) -> io::Result<Option<Self::Queued>> {
         let Some((socket, addr)) = accept_now(SockRef::from(&*self))? else {
             return Ok(None);
         };
         let addr = addr.as_socket().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP peer address")
         })?;
-        Ok(Some((TcpStream::from_std(socket.into())?, addr)))
+        Ok(Some((socket.into(), addr)))
+    }
+
+    fn register((stream, addr): Self::Queued) -> io::Result<(Self::Io, Self::Addr)> {
+        Ok((TcpStream::from_std(stream)?, addr))
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -103,18 +120,20 @@ impl DrainableListener for TcpListener {
 impl DrainableListener for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
     type Addr = tokio::net::unix::SocketAddr;
+    type Queued = std::os::unix::net::UnixStream;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Self::Addr)>> {
         tokio::net::UnixListener::poll_accept(self, cx)
     }
 
-    fn try_accept(&mut self) -> io::Result<Option<(Self::Io, Self::Addr)>> {
-        let Some((socket, _)) = accept_now(SockRef::from(&*self))? else {
-            return Ok(None);
-        };
-        let stream = tokio::net::UnixStream::from_std(socket.into())?;
+    fn try_accept(&mut self) -> io::Result<Option<Self::Queued>> {
+        Ok(accept_now(SockRef::from(&*self))?.map(|(socket, _)| socket.into()))
+    }
+
+    fn register(queued: Self::Queued) -> io::Result<(Self::Io, Self::Addr)> {
+        let stream = tokio::net::UnixStream::from_std(queued)?;
         let addr = stream.peer_addr()?;
-        Ok(Some((stream, addr)))
+        Ok((stream, addr))
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {

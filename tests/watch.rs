@@ -55,6 +55,7 @@ type Listener = GracefulAccept<MemoryListener>;
 impl DrainableListener for MemoryListener {
     type Io = DuplexStream;
     type Addr = ();
+    type Queued = DuplexStream;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(DuplexStream, ())>> {
         match self.0.poll_recv(cx) {
@@ -64,8 +65,12 @@ impl DrainableListener for MemoryListener {
         }
     }
 
-    fn try_accept(&mut self) -> io::Result<Option<(DuplexStream, ())>> {
-        Ok(self.0.try_recv().ok().map(|io| (io, ())))
+    fn try_accept(&mut self) -> io::Result<Option<DuplexStream>> {
+        Ok(self.0.try_recv().ok())
+    }
+
+    fn register(io: DuplexStream) -> io::Result<(DuplexStream, ())> {
+        Ok((io, ()))
     }
 
     fn local_addr(&self) -> io::Result<()> {
