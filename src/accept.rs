@@ -413,8 +413,8 @@ impl<L: DrainableListener> GracefulAccept<L> {
         });
     }
 
-    fn track(&self, conn: (L::Io, L::Addr)) -> Accepted<L> {
-        track::<L>(conn, &self.watch)
+    fn track(&self, (io, addr): (L::Io, L::Addr)) -> Accepted<L> {
+        (TrackedIo::new(io, &self.watch.inner), addr)
     }
 
     fn on_error(&mut self, error: io::Error) {
@@ -448,10 +448,6 @@ impl<L: DrainableListener> GracefulAccept<L> {
     fn local_addr_for_log(&self) -> Option<L::Addr> {
         self.listener.as_ref()?.listener.local_addr().ok()
     }
-}
-
-fn track<L: DrainableListener>((io, addr): (L::Io, L::Addr), watch: &Watch) -> Accepted<L> {
-    (TrackedIo::new(io, &watch.inner), addr)
 }
 
 /// What one turn of the accept state machine decided, besides returning a

@@ -760,12 +760,12 @@ impl Inner {
         }
     }
 
-    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    #[cfg(feature = "rustls")]
     pub(crate) fn handshake_started(&self) {
         self.handshaking.fetch_add(1, SeqCst);
     }
 
-    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    #[cfg(feature = "rustls")]
     pub(crate) fn handshake_finished(&self) {
         if self.handshaking.fetch_sub(1, SeqCst) == 1 && self.is_draining() {
             self.notify.notify_waiters();

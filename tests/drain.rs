@@ -7,7 +7,7 @@ use std::{future::IntoFuture, io, time::Duration};
 use common::*;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower_drain::{GracefulAccept, Phase, Watch};
+use tower_drain::{DrainReport, GracefulAccept, Phase, Watch};
 
 /// Connections queued in the kernel when the drain starts, their requests
 /// already sent, are all answered.
@@ -50,6 +50,15 @@ async fn holding_a_request(watch: Watch) -> (Server, tokio::net::TcpStream) {
         .unwrap();
     server.gate.wait_entered(1).await;
     (server, client)
+}
+
+/// Lets the held request finish, checks it was answered, and waits for the
+/// server to stop.
+async fn release_and_stop(server: Server, mut held: tokio::net::TcpStream) -> DrainReport {
+    server.gate.release_all();
+    let outcome = within("the held response", read_response(&mut held)).await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    server.stopped().await
 }
 
 /// A request in flight when the drain starts completes with 200 and
@@ -157,7 +166,7 @@ async fn second_trigger_forces_at_once() {
 /// Once the listener is closed, new connection attempts are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_are_refused_after_close() {
-    let (server, mut held) = holding_a_request(Watch::new()).await;
+    let (server, held) = holding_a_request(Watch::new()).await;
 
     server.watch.trigger();
     within("listeners to close", server.watch.listeners_closed()).await;
@@ -167,34 +176,23 @@ async fn new_connections_are_refused_after_close() {
             .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
     }
-    server.gate.release_all();
-    assert!(within("the held response", read_response(&mut held))
-        .await
-        .is_ok());
-    server.stopped().await;
+    release_and_stop(server, held).await;
 }
 
 /// Readiness checks report the drain while the server still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_reports_draining() {
-    let server = Server::start(bind(localhost(), false), Watch::new());
+    let (server, held) = holding_a_request(Watch::new()).await;
     assert!(one_request(server.addr, "/healthz").await.is_ok());
 
+    // Connected before the listener closes; asks once the drain has started.
     let (mut sender, _conn) = http1_client(server.addr).await;
-    let mut held = connect_and_send(server.addr, &request("/hold"))
-        .await
-        .unwrap();
-    server.gate.wait_entered(1).await;
     server.watch.trigger();
 
     let response = sender.send_request(get_request("/healthz")).await.unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["connection"], "close");
-    server.gate.release_all();
-    assert!(within("the held response", read_response(&mut held))
-        .await
-        .is_ok());
-    server.stopped().await;
+    release_and_stop(server, held).await;
 }
 
 /// A Unix-socket listener drains its queue like a TCP one.

@@ -104,16 +104,18 @@ async fn handshake_started_after_trigger_is_served() {
     let watch = Watch::new();
     let server = tls.start(&watch, Duration::from_secs(30));
     let stream = TcpStream::connect(server.addr).await.unwrap();
-    within("the server to accept", async {
-        while watch.connections() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    // The accept queue is first in, first out: once a later client has its
+    // answer, the server has accepted `stream` and started its handshake.
+    let connector = tls.connector(&[b"http/1.1"]);
+    assert_eq!(
+        https_get(&connector, server.addr, "/").await,
+        served_and_closed()
+    );
+    assert_eq!(watch.connections(), 1);
 
     watch.trigger();
     within("listeners to close", watch.listeners_closed()).await;
-    let mut tls_stream = handshake(&tls.connector(&[b"http/1.1"]), stream).await;
+    let mut tls_stream = handshake(&connector, stream).await;
     tls_stream.write_all(&request("/")).await.unwrap();
     let outcome = within("the response", read_response(&mut tls_stream)).await;
     assert_eq!(outcome, served_and_closed());

@@ -278,11 +278,3 @@ pub fn get_request(path: &str) -> hyper::Request<http_body_util::Empty<bytes::By
         .body(http_body_util::Empty::new())
         .unwrap()
 }
-
-/// Logs to the test's output when `RUST_LOG` is set.
-pub fn trace() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
