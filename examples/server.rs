@@ -1,26 +1,33 @@
 //! The reference server: an axum app that loses no connection when it stops.
 //!
 //! ```text
-//! cargo run --release --example server -- [--addr ADDR] [--reuse-port] [--grace SECS]
+//! cargo run --release --example server -- [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS]
 //! ```
 //!
 //! Routes: `GET /` answers `hello`; `GET /slow?ms=N` answers after N
 //! milliseconds; `GET /healthz` answers 200 while running and 503 once
 //! draining. SIGTERM or SIGINT drains, a second one forces. Each phase and
 //! the final report are logged to stderr (`RUST_LOG` is respected). Exits 0
-//! after a clean drain, 1 after a forced one or an error, 2 on bad flags.
+//! after a clean drain, 1 after a forced one or an error, 2 on bad input
+//! (flags, an inherited descriptor that is not a listening socket, a
+//! handoff path that is not a socket or lies in a missing directory).
+//!
+//! Restarts: a second copy started with the same `--handoff PATH` takes the
+//! socket over, and the first drains and exits 0 by itself. Started by a
+//! service manager with `LISTEN_PID`/`LISTEN_FDS` naming it, the server
+//! serves the inherited socket and ignores `--addr`.
 
 mod reference;
 
 use std::process::ExitCode;
 
-use tower_drain::GracefulAccept;
-
 const USAGE: &str = "\
-usage: server [--addr ADDR] [--reuse-port] [--grace SECS]
+usage: server [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS]
 
   --addr ADDR     address to listen on (default 127.0.0.1:3000)
   --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
+  --handoff PATH  take the socket over from the server listening on PATH,
+                  and listen there to hand it to a successor
   --grace SECS    hard deadline for the drain, in seconds (default 30)";
 
 #[tokio::main]
@@ -30,11 +37,12 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     reference::init_tracing();
-    let (watch, listener) = match reference::watch(&options)
-        .and_then(|watch| Ok((watch, reference::bind(&options)?)))
-    {
-        Ok(ready) => ready,
+    let watch = match reference::watch(&options) {
+        Ok(watch) => watch,
         Err(message) => return reference::fail(message),
     };
-    reference::serve(GracefulAccept::new(listener, watch.clone()), watch).await
+    match reference::listen(&options, &watch).await {
+        Ok(listener) => reference::serve(listener, watch).await,
+        Err(code) => code,
+    }
 }

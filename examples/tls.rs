@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --features rustls --example tls -- \
-//!     [--addr ADDR] [--reuse-port] [--grace SECS] [--cert CERT.pem --key KEY.pem]
+//!     [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--cert CERT.pem --key KEY.pem]
 //! ```
 //!
 //! Without `--cert`/`--key` it makes a self-signed certificate for
@@ -24,13 +24,15 @@ use tokio_rustls::rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
     ServerConfig,
 };
-use tower_drain::{GracefulAccept, TlsAccept};
+use tower_drain::TlsAccept;
 
 const USAGE: &str = "\
-usage: tls [--addr ADDR] [--reuse-port] [--grace SECS] [--cert CERT.pem --key KEY.pem]
+usage: tls [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--cert CERT.pem --key KEY.pem]
 
   --addr ADDR     address to listen on (default 127.0.0.1:3443)
   --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
+  --handoff PATH  take the socket over from the server listening on PATH,
+                  and listen there to hand it to a successor
   --grace SECS    hard deadline for the drain, in seconds (default 30)
   --cert FILE     PEM certificate chain (with --key; default: self-signed for localhost)
   --key FILE      PEM private key";
@@ -57,11 +59,13 @@ async fn main() -> ExitCode {
         Err(message) => return reference::usage_error(USAGE, &message),
     };
     reference::init_tracing();
-    let (watch, listener) = match reference::watch(&options)
-        .and_then(|watch| Ok((watch, reference::bind(&options)?)))
-    {
-        Ok(ready) => ready,
+    let watch = match reference::watch(&options) {
+        Ok(watch) => watch,
         Err(message) => return reference::fail(message),
+    };
+    let listener = match reference::listen(&options, &watch).await {
+        Ok(listener) => listener,
+        Err(code) => return code,
     };
     if let (Some(pem), Ok(addr)) = (self_signed_pem, listener.local_addr()) {
         eprintln!(
@@ -70,7 +74,7 @@ async fn main() -> ExitCode {
             port = addr.port(),
         );
     }
-    let listener = TlsAccept::new(GracefulAccept::new(listener, watch.clone()), config);
+    let listener = TlsAccept::new(listener, config);
     reference::serve(listener, watch).await
 }
 

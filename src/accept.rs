@@ -8,6 +8,7 @@ use std::{
     future::{poll_fn, Future},
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -17,6 +18,7 @@ use tokio::time::{Instant, Sleep};
 use crate::{
     io::{ConnectionToken, TrackedIo},
     listener::DrainableListener,
+    shared::SharedSocket,
     watch::Watch,
 };
 
@@ -57,6 +59,12 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// `accept` stays pending.
 ///
 /// With the `axum` feature it implements `axum::serve::Listener`.
+///
+/// A socket that another process also holds ([`shared`](Self::shared):
+/// inherited from a service manager, or handed to a successor) is not
+/// drained: at the trigger it stops accepting and closes its descriptor at
+/// once, leaving the queue to the other holder. It never calls shutdown(2),
+/// which would reset the queue for every holder.
 ///
 /// Errors never end the accept loop: connections aborted by the peer are
 /// skipped, and errors such as `EMFILE` (out of file descriptors) are logged
@@ -105,6 +113,9 @@ pub struct GracefulAccept<L: DrainableListener> {
     /// Connections taken from the queue by the drain, counted but not yet
     /// registered with the runtime nor handed out.
     drained: VecDeque<(ConnectionToken, L::Queued)>,
+    shared: Arc<SharedSocket>,
+    /// Whether `shared` has been told that this listener accepts.
+    announced: bool,
 }
 
 /// A connection as [`GracefulAccept::accept`] returns it.
@@ -175,6 +186,11 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// # }
     /// ```
     pub fn new(listener: L, watch: Watch) -> Self {
+        Self::with_shared(listener, watch, Arc::default())
+    }
+
+    /// Wraps `listener`, whose standing across processes is `shared`.
+    pub(crate) fn with_shared(listener: L, watch: Watch, shared: Arc<SharedSocket>) -> Self {
         watch.inner.listener_opened();
         let draining = Box::pin(watch.draining());
         Self {
@@ -188,6 +204,8 @@ impl<L: DrainableListener> GracefulAccept<L> {
             draining,
             state: State::Accepting,
             drained: VecDeque::new(),
+            shared,
+            announced: false,
             limits: Limits {
                 connections: DEFAULT_QUEUE_DRAIN_LIMIT,
                 timeout: DEFAULT_QUEUE_DRAIN_TIMEOUT,
@@ -249,6 +267,18 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// ```
     pub fn straggler_wait(mut self, wait: Duration) -> Self {
         self.limits.straggler_wait = wait;
+        self
+    }
+
+    /// Marks the socket as held by another process too, such as a socket
+    /// inherited from a service manager: when the drain starts, this
+    /// listener stops accepting and closes its descriptor without draining
+    /// the queue, which the other holder serves.
+    ///
+    /// [`restart::Listeners`](crate::restart::Listeners) marks the sockets
+    /// it inherits and hands over by itself.
+    pub fn shared(self) -> Self {
+        self.shared.set_elsewhere();
         self
     }
 
@@ -352,6 +382,10 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// # }
     /// ```
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<(TrackedIo<L::Io>, L::Addr)> {
+        if !self.announced {
+            self.announced = true;
+            self.shared.accepting();
+        }
         loop {
             if matches!(self.state, State::Accepting | State::Backoff(_)) && self.poll_triggered(cx)
             {
@@ -404,9 +438,29 @@ impl<L: DrainableListener> GracefulAccept<L> {
     }
 
     fn start_drain(&mut self) {
+        if self.shared.is_elsewhere() {
+            tracing::info!(
+                local_addr = ?self.local_addr_for_log(),
+                "closing a shared listener without draining: its queue stays with the other holder",
+            );
+            self.watch.inner.listener_left_shared();
+            self.state = State::Closed;
+            self.shared.close_copy();
+            self.listener = None;
+            return;
+        }
         tracing::debug!(local_addr = ?self.local_addr_for_log(), "draining the accept queue");
+        if let Some(open) = &mut self.listener {
+            let mut queued = Vec::new();
+            open.listener.steer_away(&mut queued);
+            for queued in queued {
+                self.drained
+                    .push_back((ConnectionToken::new(&self.watch.inner), queued));
+            }
+        }
+        let accepted = self.drained.len();
         self.state = State::Draining(Drain {
-            accepted: 0,
+            accepted,
             until: Instant::now() + self.limits.timeout,
             stragglers: None,
             backoff: None,
@@ -442,6 +496,10 @@ impl<L: DrainableListener> GracefulAccept<L> {
             "closing the listener",
         );
         self.watch.inner.accepted_from_queue(accepted);
+        if let Some(open) = &mut self.listener {
+            open.listener.unsteer();
+        }
+        self.shared.close_copy();
         self.listener = None;
     }
 

@@ -61,13 +61,26 @@
 //!   concurrently and finish before the server stops.
 
 mod accept;
+#[cfg(unix)]
+mod activation;
 #[cfg(feature = "axum")]
 mod axum;
+#[cfg(unix)]
+mod bind;
+#[cfg(unix)]
+mod handoff;
 mod io;
 mod layer;
 mod listener;
 mod report;
+#[cfg(unix)]
+pub mod restart;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod reuseport;
+mod shared;
 mod signal;
+#[cfg(unix)]
+mod sys;
 #[cfg(feature = "rustls")]
 mod tls;
 mod watch;

@@ -56,6 +56,23 @@ pub trait DrainableListener: Send + 'static {
     /// Whatever the registration reports.
     fn register(queued: Self::Queued) -> io::Result<(Self::Io, Self::Addr)>;
 
+    /// Called once when a drain starts on a socket no other process holds:
+    /// asks the kernel to send new connections elsewhere, so that fewer
+    /// arrive in the instant before the socket closes. Connections it takes
+    /// from the queue on the way go in `queued`. The default does nothing.
+    ///
+    /// For tokio's listeners it lowers the backlog to 0, and for a TCP
+    /// socket in an `SO_REUSEPORT` group on Linux it steers new connections
+    /// to the other members.
+    fn steer_away(&mut self, queued: &mut Vec<Self::Queued>) {
+        let _ = queued;
+    }
+
+    /// Called just before the drained socket closes: undoes whatever
+    /// [`steer_away`](Self::steer_away) left that outlives the socket (an
+    /// `SO_REUSEPORT` group's program). The default does nothing.
+    fn unsteer(&mut self) {}
+
     /// The address the listener is bound to.
     ///
     /// # Errors
@@ -67,7 +84,7 @@ pub trait DrainableListener: Send + 'static {
 /// Takes one connection from `listener`'s queue with a non-blocking
 /// accept(2), returning it non-blocking and close-on-exec, or `None` if the
 /// queue is empty.
-fn accept_now(listener: SockRef<'_>) -> io::Result<Option<(Socket, SockAddr)>> {
+pub(crate) fn accept_now(listener: SockRef<'_>) -> io::Result<Option<(Socket, SockAddr)>> {
     match accept_nonblocking(listener) {
         Ok(accepted) => Ok(Some(accepted)),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -111,6 +128,21 @@ impl DrainableListener for TcpListener {
         Ok((TcpStream::from_std(stream)?, addr))
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn steer_away(&mut self, queued: &mut Vec<Self::Queued>) {
+        crate::reuseport::steer_away(self, queued);
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn steer_away(&mut self, _: &mut Vec<Self::Queued>) {
+        lower_backlog(SockRef::from(&*self));
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn unsteer(&mut self) {
+        crate::reuseport::unsteer(self);
+    }
+
     fn local_addr(&self) -> io::Result<Self::Addr> {
         TcpListener::local_addr(self)
     }
@@ -136,7 +168,19 @@ impl DrainableListener for tokio::net::UnixListener {
         Ok((stream, addr))
     }
 
+    fn steer_away(&mut self, _: &mut Vec<Self::Queued>) {
+        lower_backlog(SockRef::from(&*self));
+    }
+
     fn local_addr(&self) -> io::Result<Self::Addr> {
         tokio::net::UnixListener::local_addr(self)
+    }
+}
+
+/// listen(2) again with a backlog of 0: new connections are no longer queued
+/// while the queue holds one, so they are retried later instead of reset.
+pub(crate) fn lower_backlog(listener: SockRef<'_>) {
+    if let Err(error) = listener.listen(0) {
+        tracing::debug!(%error, "cannot lower the backlog");
     }
 }

@@ -24,6 +24,9 @@ pub struct DrainReport {
     /// Connections accepted from the kernel's accept queues after the trigger,
     /// which closing the listeners straight away would have reset.
     pub accepted_from_queue: usize,
+    /// Listeners whose socket another process also held (a successor, or a
+    /// service manager): closed without draining, their queue left to it.
+    pub listeners_shared: usize,
     /// Requests that finished (their response body ended or was dropped)
     /// after the trigger.
     pub requests_completed: usize,
@@ -58,11 +61,12 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} requests completed, {} connections forced",
+            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} listeners left to another process, {} requests completed, {} connections forced",
             self.total(),
             self.closing_listeners,
             self.closing_connections,
             self.accepted_from_queue,
+            self.listeners_shared,
             self.requests_completed,
             self.connections_forced,
         )?;

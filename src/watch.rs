@@ -490,6 +490,8 @@ pub(crate) struct Inner {
     /// When the newest connection was accepted, in nanoseconds since `epoch`.
     last_accept: AtomicU64,
     accepted_from_queue: AtomicUsize,
+    /// Listeners closed without a drain because another process holds them.
+    listeners_shared: AtomicUsize,
     requests_completed: AtomicUsize,
     /// One waker per open connection, woken when the drain is forced.
     connections: Mutex<Slab<ForceSlot>>,
@@ -520,6 +522,7 @@ impl Inner {
             handshaking: AtomicUsize::new(0),
             last_accept: AtomicU64::new(0),
             accepted_from_queue: AtomicUsize::new(0),
+            listeners_shared: AtomicUsize::new(0),
             requests_completed: AtomicUsize::new(0),
             connections: Mutex::new(Slab::new()),
             notify: Notify::new(),
@@ -682,6 +685,7 @@ impl Inner {
         drop(timeline);
         tracing::info!(
             accepted_from_queue = report.accepted_from_queue,
+            listeners_shared = report.listeners_shared,
             requests_completed = report.requests_completed,
             connections_forced = report.connections_forced,
             forced = report.forced,
@@ -698,6 +702,7 @@ impl Inner {
         let listeners_closed = timeline.listeners_closed.unwrap_or(triggered);
         DrainReport {
             accepted_from_queue: self.accepted_from_queue.load(SeqCst),
+            listeners_shared: self.listeners_shared.load(SeqCst),
             requests_completed: self.requests_completed.load(SeqCst),
             connections_forced: timeline.forced.map_or(0, |(_, _, open)| open),
             forced: timeline.forced.map(|(_, cause, _)| cause),
@@ -714,6 +719,10 @@ impl Inner {
 
     pub(crate) fn accepted_from_queue(&self, connections: usize) {
         self.accepted_from_queue.fetch_add(connections, SeqCst);
+    }
+
+    pub(crate) fn listener_left_shared(&self) {
+        self.listeners_shared.fetch_add(1, SeqCst);
     }
 
     pub(crate) fn listener_closed(&self) {

@@ -11,13 +11,18 @@ use axum::{
     Router,
 };
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpSocket};
-use tower_drain::{DrainLayer, Watch};
+use tokio::net::TcpListener;
+use tower_drain::{
+    restart::{Listeners, Origin},
+    DrainLayer, GracefulAccept, Watch,
+};
 
 /// The command-line options.
 pub(crate) struct Options {
     pub(crate) addr: SocketAddr,
     pub(crate) reuse_port: bool,
+    /// Where to take the socket over from, and serve it for a successor.
+    pub(crate) handoff: Option<PathBuf>,
     pub(crate) grace: Duration,
     /// PEM files (TLS server only).
     pub(crate) cert: Option<PathBuf>,
@@ -43,6 +48,7 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
     let mut options = Options {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         reuse_port: false,
+        handoff: None,
         grace: tower_drain::DEFAULT_GRACE,
         cert: None,
         key: None,
@@ -57,6 +63,7 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
                     .map_err(|e| format!("--addr {value:?}: {e}"))?;
             }
             "--reuse-port" => options.reuse_port = true,
+            "--handoff" => options.handoff = Some(value("--handoff")?.into()),
             "--grace" => {
                 let value = value("--grace")?;
                 options.grace = value
@@ -93,33 +100,38 @@ pub(crate) fn watch(options: &Options) -> Result<Watch, String> {
     Ok(watch)
 }
 
-/// Binds `--addr`, with `SO_REUSEPORT` if `--reuse-port`.
-pub(crate) fn bind(options: &Options) -> Result<TcpListener, String> {
-    let addr = options.addr;
-    let listen = || {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        #[cfg(unix)]
-        socket.set_reuseport(options.reuse_port)?;
-        #[cfg(not(unix))]
-        if options.reuse_port {
-            return Err(std::io::Error::other("--reuse-port needs a Unix system"));
+/// The socket to serve: inherited from a service manager, taken over from
+/// the server on `--handoff`, or bound to `--addr` (with `SO_REUSEPORT` if
+/// `--reuse-port`). Bad input exits 2, other failures 1.
+pub(crate) async fn listen(
+    options: &Options,
+    watch: &Watch,
+) -> Result<GracefulAccept<TcpListener>, ExitCode> {
+    let mut builder = Listeners::builder()
+        .tcp("http", options.addr)
+        .reuse_port(options.reuse_port);
+    if let Some(path) = &options.handoff {
+        builder = builder.handoff(path);
+    }
+    let opened = builder.open(watch).await;
+    let mut listeners = opened.map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
-        socket.bind(addr)?;
-        socket.listen(1024)
-    };
-    let listener = listen().map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(
-        addr = %listener.local_addr().map_err(|e| e.to_string())?,
-        reuse_port = options.reuse_port,
-        grace = ?options.grace,
-        "listening",
-    );
-    Ok(listener)
+        _ => fail(e.to_string()),
+    })?;
+    match listeners.origin() {
+        Origin::Bound => {}
+        origin => tracing::info!(
+            ?origin,
+            "--addr {} ignored: serving the socket passed on",
+            options.addr
+        ),
+    }
+    listeners
+        .tcp("http")
+        .map_err(|e| fail(format!("cannot serve the socket: {e}")))
 }
 
 /// `GET /` → `hello`; `GET /slow?ms=N` → after N ms; `GET /healthz` → 200

@@ -1,0 +1,431 @@
+//! Restarts that lose nothing: [`Listeners`] gives a server the listening
+//! sockets it should serve (inherited from a service manager, received from
+//! the server it replaces, or freshly bound) and hands them to its own
+//! successor.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use tower_drain::{restart::Listeners, Watch};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> std::io::Result<()> {
+//! let watch = Watch::new();
+//! watch.trigger_on_signals()?;
+//! let mut listeners = Listeners::builder()
+//!     .tcp("http", "127.0.0.1:3000".parse().unwrap())
+//!     .handoff("/run/app/handoff.sock")
+//!     .open(&watch)
+//!     .await?;
+//! let app = Router::new().route("/", get(|| async { "hello" }));
+//! axum::serve(listeners.tcp("http")?, app)
+//!     .with_graceful_shutdown(watch.shutdown_signal())
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Start a second copy of this program and it takes the socket over: the
+//! first one drains its own connections and exits, while the socket and its
+//! accept queue live on in the second. Under systemd socket activation the
+//! service manager holds the socket, and the same program serves it.
+//!
+//! # What is guaranteed
+//!
+//! - Handoff and socket activation: the socket is never closed while it has
+//!   a queue, so no connection is reset or refused by the restart.
+//! - Independent `SO_REUSEPORT` sockets ([`ListenersBuilder::reuse_port`]
+//!   without a handoff): best effort. The draining socket lowers its backlog
+//!   and steers new connections to its siblings before it closes, but the
+//!   kernel still resets a connection that reaches it in the instant of the
+//!   close.
+
+use std::{
+    collections::VecDeque, fmt, io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
+};
+
+use socket2::Socket;
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::Semaphore,
+};
+
+use crate::{
+    activation,
+    bind::BindOptions,
+    handoff::{self, Handoff, Predecessor, MAX_SOCKETS},
+    shared::SharedSocket,
+    GracefulAccept, Watch,
+};
+
+/// Default [`ListenersBuilder::handoff_timeout`].
+const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a server's listening sockets came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// Inherited from a service manager (`LISTEN_FDS`), which keeps them.
+    ServiceManager,
+    /// Received from the server this one replaces, over the handoff path.
+    Predecessor,
+    /// Bound by this process.
+    Bound,
+}
+
+/// What to listen on, by name.
+#[derive(Debug, Clone)]
+enum Address {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(addr) => addr.fmt(f),
+            Address::Unix(path) => path.display().fmt(f),
+        }
+    }
+}
+
+/// Configures [`Listeners`]: the sockets to serve, by name, and how to bind
+/// them when nothing is inherited.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ListenersBuilder {
+    addresses: Vec<(String, Address)>,
+    handoff: Option<PathBuf>,
+    handoff_timeout: Duration,
+    bind: BindOptions,
+}
+
+/// The listening sockets a server should serve, from [`Listeners::builder`].
+///
+/// Take each one with [`tcp`](Self::tcp) or [`unix`](Self::unix), as a
+/// [`GracefulAccept`] that knows whether another process holds its socket.
+pub struct Listeners {
+    origin: Origin,
+    watch: Watch,
+    sockets: Vec<(String, Socket, Arc<SharedSocket>)>,
+}
+
+impl Listeners {
+    /// Configures the sockets to serve.
+    pub fn builder() -> ListenersBuilder {
+        ListenersBuilder {
+            addresses: Vec::new(),
+            handoff: None,
+            handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
+            bind: BindOptions::default(),
+        }
+    }
+
+    /// Where the sockets came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Takes the TCP listener named `name`.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if there is none by that name (or it was taken),
+    /// `InvalidInput` if that socket is not TCP.
+    pub fn tcp(&mut self, name: &str) -> io::Result<GracefulAccept<TcpListener>> {
+        let (socket, shared) = self.take(name, false)?;
+        let listener = TcpListener::from_std(socket.into())?;
+        Ok(GracefulAccept::with_shared(
+            listener,
+            self.watch.clone(),
+            shared,
+        ))
+    }
+
+    /// Takes the Unix listener named `name`.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` if there is none by that name (or it was taken),
+    /// `InvalidInput` if that socket is not a Unix socket.
+    pub fn unix(&mut self, name: &str) -> io::Result<GracefulAccept<UnixListener>> {
+        let (socket, shared) = self.take(name, true)?;
+        let listener = UnixListener::from_std(socket.into())?;
+        Ok(GracefulAccept::with_shared(
+            listener,
+            self.watch.clone(),
+            shared,
+        ))
+    }
+
+    fn take(&mut self, name: &str, unix: bool) -> io::Result<(Socket, Arc<SharedSocket>)> {
+        let at = self
+            .sockets
+            .iter()
+            .position(|(n, ..)| n == name)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no listener named {name:?}"),
+                )
+            })?;
+        if socket_is_unix(&self.sockets[at].1)? != unix {
+            let kind = if unix { "a Unix" } else { "a TCP" };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("listener {name:?} is not {kind} socket"),
+            ));
+        }
+        let (_, socket, shared) = self.sockets.swap_remove(at);
+        Ok((socket, shared))
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        // A socket nobody took must close, copies included.
+        for (name, _, shared) in self.sockets.drain(..) {
+            tracing::warn!(name, "listener never taken; closing it");
+            shared.close_copy();
+        }
+    }
+}
+
+impl fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listeners")
+            .field("origin", &self.origin)
+            .field(
+                "names",
+                &self.sockets.iter().map(|(n, ..)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenersBuilder {
+    /// A TCP listener named `name`, bound to `addr` unless inherited.
+    pub fn tcp(mut self, name: impl Into<String>, addr: SocketAddr) -> Self {
+        self.addresses.push((name.into(), Address::Tcp(addr)));
+        self
+    }
+
+    /// A Unix listener named `name`, bound to `path` unless inherited.
+    pub fn unix(mut self, name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        self.addresses
+            .push((name.into(), Address::Unix(path.into())));
+        self
+    }
+
+    /// The Unix socket path a successor connects to for the sockets: this
+    /// server takes them from a server listening there, then listens there
+    /// for its own successor.
+    pub fn handoff(mut self, path: impl Into<PathBuf>) -> Self {
+        self.handoff = Some(path.into());
+        self
+    }
+
+    /// How long either side of a handoff waits for the other. Default 10 s.
+    pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
+        self.handoff_timeout = timeout;
+        self
+    }
+
+    /// Binds TCP sockets with `SO_REUSEPORT`, so that an independent
+    /// successor can bind the same port. Default off.
+    pub fn reuse_port(mut self, reuse_port: bool) -> Self {
+        self.bind.reuse_port = reuse_port;
+        self
+    }
+
+    /// The accept-queue length asked of listen(2). Default 1024.
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.bind.backlog = backlog;
+        self
+    }
+
+    /// `IPV6_V6ONLY` for IPv6 addresses. Default: the system's.
+    pub fn only_v6(mut self, only_v6: bool) -> Self {
+        self.bind.only_v6 = Some(only_v6);
+        self
+    }
+
+    /// `TCP_NODELAY` on every accepted connection (set on the listener,
+    /// which accepted sockets inherit). Default off.
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.bind.nodelay = nodelay;
+        self
+    }
+
+    /// Gets the sockets: inherited from a service manager if it passed any
+    /// to this process, else received from a server on the handoff path if
+    /// one is there, else bound. With a handoff path, a task then serves it
+    /// for the next successor until the drain starts.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for bad input: an inherited descriptor that is not a
+    /// listening stream socket, a name the inherited or received sockets
+    /// lack, a handoff path that is not a socket or whose directory does not
+    /// exist. Otherwise what binding or the handoff reports.
+    pub async fn open(self, watch: &Watch) -> io::Result<Listeners> {
+        if self.addresses.len() > MAX_SOCKETS {
+            return Err(invalid(format!("at most {MAX_SOCKETS} listeners")));
+        }
+        if let Some(name) = self
+            .addresses
+            .iter()
+            .map(|(n, _)| n)
+            .find(|n| n.contains('\n'))
+        {
+            return Err(invalid(format!("listener name {name:?} has a newline")));
+        }
+        let mut successor = None;
+        let (origin, sockets) = if let Some(inherited) = activation::take()? {
+            let inherited = inherited.into_iter().map(|i| (i.name, i.socket)).collect();
+            (Origin::ServiceManager, self.pick(inherited, "inherited")?)
+        } else if let Some((predecessor, received)) = self.connect().await? {
+            successor = Some(predecessor);
+            (Origin::Predecessor, self.pick(received, "received")?)
+        } else {
+            (Origin::Bound, self.bind()?)
+        };
+        let accepting = Arc::new(Semaphore::new(0));
+        let count = sockets.len();
+        let mut handed = Vec::new();
+        let sockets = sockets
+            .into_iter()
+            .map(|(name, socket)| {
+                let mut shared = match origin {
+                    Origin::ServiceManager => SharedSocket::elsewhere(),
+                    _ => SharedSocket::default(),
+                };
+                if self.handoff.is_some() {
+                    shared = shared.with_copy(socket.try_clone()?);
+                }
+                let shared = Arc::new(shared.with_accepting(accepting.clone()));
+                handed.push((name.clone(), shared.clone()));
+                log_socket(origin, &name, &socket);
+                Ok((name, socket, shared))
+            })
+            .collect::<io::Result<_>>()?;
+        if let Some(path) = &self.handoff {
+            let handoff = Handoff {
+                sockets: handed,
+                watch: watch.clone(),
+                timeout: self.handoff_timeout,
+            };
+            match successor {
+                Some(predecessor) => {
+                    tokio::spawn(take_over(predecessor, handoff, accepting, count));
+                }
+                None => {
+                    let listener = handoff::listen(path).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("cannot listen on handoff path {}: {e}", path.display()),
+                        )
+                    })?;
+                    tokio::spawn(handoff.serve(listener));
+                }
+            }
+        }
+        Ok(Listeners {
+            origin,
+            watch: watch.clone(),
+            sockets,
+        })
+    }
+
+    async fn connect(&self) -> io::Result<Option<(Predecessor, handoff::Sockets)>> {
+        match &self.handoff {
+            Some(path) => handoff::connect(path).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Matches `available` sockets to the configured names: by name, or the
+    /// only one to the only one. Sockets left over are closed.
+    fn pick(
+        &self,
+        available: Vec<(String, Socket)>,
+        how: &str,
+    ) -> io::Result<Vec<(String, Socket)>> {
+        let mut available: VecDeque<_> = available.into();
+        if let ([(name, _)], 1) = (self.addresses.as_slice(), available.len()) {
+            let (_, socket) = available.pop_front().expect("one socket");
+            return Ok(vec![(name.clone(), socket)]);
+        }
+        let picked = self
+            .addresses
+            .iter()
+            .map(|(name, _)| {
+                let at = available
+                    .iter()
+                    .position(|(n, _)| n == name)
+                    .ok_or_else(|| invalid(format!("no {how} socket named {name:?}")))?;
+                let (_, socket) = available.remove(at).expect("position is in range");
+                Ok((name.clone(), socket))
+            })
+            .collect::<io::Result<_>>()?;
+        for (name, _) in available {
+            tracing::warn!(name, "{how} socket not configured here; closing it");
+        }
+        Ok(picked)
+    }
+
+    fn bind(&self) -> io::Result<Vec<(String, Socket)>> {
+        self.addresses
+            .iter()
+            .map(|(name, address)| {
+                let socket = match address {
+                    Address::Tcp(addr) => self.bind.tcp(*addr),
+                    Address::Unix(path) => self.bind.unix(path),
+                };
+                let describe = |e: io::Error| {
+                    io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))
+                };
+                Ok((name.clone(), socket.map_err(describe)?))
+            })
+            .collect()
+    }
+}
+
+/// In a successor: says ready once every listener accepts, then serves the
+/// handoff path for the next one.
+async fn take_over(
+    predecessor: Predecessor,
+    handoff: Handoff,
+    accepting: Arc<Semaphore>,
+    count: usize,
+) {
+    let all = u32::try_from(count).unwrap_or(u32::MAX);
+    let _ = accepting.acquire_many(all).await;
+    match predecessor.ready(handoff.timeout).await {
+        Ok(listener) => {
+            tracing::info!("took over from the predecessor");
+            handoff.serve(listener).await;
+        }
+        Err(error) => {
+            tracing::error!(%error, "the takeover failed; the predecessor keeps serving, this server steps down");
+            handoff.watch.trigger();
+        }
+    }
+}
+
+fn log_socket(origin: Origin, name: &str, socket: &Socket) {
+    let addr = socket.local_addr().ok();
+    let addr = addr.as_ref().and_then(|a| {
+        a.as_socket()
+            .map(|a| a.to_string())
+            .or_else(|| a.as_pathname().map(|p| p.display().to_string()))
+    });
+    tracing::info!(?origin, %name, addr = %addr.as_deref().unwrap_or("?"), "listening");
+}
+
+fn socket_is_unix(socket: &Socket) -> io::Result<bool> {
+    Ok(socket.local_addr()?.is_unix())
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}

@@ -1,0 +1,172 @@
+//! Turning new connections away from a listening socket that is about to
+//! close, so that the close resets as few as the kernel allows.
+//!
+//! Two things, both unprivileged, both only for a socket no other process
+//! holds (closing a shared socket resets nothing):
+//!
+//! - listen(2) again with a backlog of 0: with a queue that is not empty the
+//!   kernel drops new SYNs instead of queueing them, and the client
+//!   retransmits a second later, when the socket is closed (refused, which
+//!   is safe) or a sibling takes it.
+//! - In an `SO_REUSEPORT` group, a classic BPF program
+//!   (`SO_ATTACH_REUSEPORT_CBPF`) that picks the group member for each new
+//!   connection: the draining socket learns its own index by probing, then
+//!   steers new connections to the others. The program applies to the whole
+//!   group and outlives its author, so just before the socket closes it is
+//!   replaced by one that always answers out of range, which the kernel
+//!   treats as "no program": the group's usual hash, with no member stranded.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpStream},
+    os::fd::AsFd,
+    time::Duration,
+};
+
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::socket::{setsockopt, sockopt::AttachReusePortCbpf},
+};
+use socket2::SockRef;
+use tokio::net::TcpListener;
+
+use crate::listener::{accept_now, lower_backlog};
+
+/// Indices probed to find the socket's own place in its group.
+const MAX_PROBED_INDEX: u32 = 16;
+
+/// How long a probe connection may take to show up in the socket's queue
+/// before it is taken to have gone to another member.
+const PROBE_WAIT: Duration = Duration::from_millis(2);
+
+/// A connection the probing took from the queue that was not a probe.
+pub(crate) type Queued = (std::net::TcpStream, SocketAddr);
+
+/// Lowers the backlog, and in an `SO_REUSEPORT` group steers new
+/// connections to the other members. Connections from clients that the
+/// probing accepts go in `queued`.
+pub(crate) fn steer_away(listener: &TcpListener, queued: &mut Vec<Queued>) {
+    lower_backlog(SockRef::from(listener));
+    if !SockRef::from(listener).reuse_port().unwrap_or(false) {
+        return;
+    }
+    match own_index(listener, queued) {
+        Ok(Some(index)) => match attach(listener, &avoiding(index)) {
+            Ok(()) => tracing::debug!(index, "steering new connections to the other members"),
+            Err(error) => tracing::debug!(%error, "cannot steer new connections away"),
+        },
+        Ok(None) => {
+            unsteer(listener);
+            tracing::debug!("own index in the SO_REUSEPORT group not found; not steering");
+        }
+        Err(error) => {
+            unsteer(listener);
+            tracing::debug!(%error, "cannot probe the SO_REUSEPORT group; not steering");
+        }
+    }
+}
+
+/// Hands the group back to the kernel's usual hash (only if this socket
+/// is in one).
+pub(crate) fn unsteer(listener: &TcpListener) {
+    if SockRef::from(listener).reuse_port().unwrap_or(false) {
+        if let Err(error) = attach(listener, &[ret(u32::MAX)]) {
+            tracing::debug!(%error, "cannot reset the SO_REUSEPORT program");
+        }
+    }
+}
+
+/// Finds this socket's index in its group: attach `ret #k`, connect to the
+/// port, see whether the probe lands in this socket's queue.
+fn own_index(listener: &TcpListener, queued: &mut Vec<Queued>) -> io::Result<Option<u32>> {
+    let target = reachable(listener.local_addr()?);
+    for index in 0..MAX_PROBED_INDEX {
+        attach(listener, &[ret(index)])?;
+        let probe = TcpStream::connect_timeout(&target, Duration::from_millis(100))?;
+        if took_probe(listener, probe.local_addr()?, queued)? {
+            return Ok(Some(index));
+        }
+    }
+    Ok(None)
+}
+
+/// Accepts from the queue until the probe from `probe` shows up (`true`) or
+/// the queue stays empty for [`PROBE_WAIT`] (`false`).
+fn took_probe(
+    listener: &TcpListener,
+    probe: SocketAddr,
+    queued: &mut Vec<Queued>,
+) -> io::Result<bool> {
+    loop {
+        match accept_now(SockRef::from(listener))? {
+            Some((socket, peer)) => match peer.as_socket() {
+                Some(peer) if peer == probe => return Ok(true),
+                Some(peer) => queued.push((socket.into(), peer)),
+                None => {}
+            },
+            None => {
+                let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                let wait = PollTimeout::try_from(PROBE_WAIT).unwrap_or(PollTimeout::ZERO);
+                if poll(&mut fds, wait)? == 0 {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+/// Where a client on this machine reaches a socket bound to `addr`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, v4.port()))
+        }
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port()))
+        }
+        addr => addr,
+    }
+}
+
+/// A program that never picks `index`: the members below it in turn at
+/// random, or member 1 when `index` is 0.
+fn avoiding(index: u32) -> Vec<libc::sock_filter> {
+    if index == 0 {
+        return vec![ret(1)];
+    }
+    // A = random; A %= index; return A.
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const MOD_K: u16 = 0x94; // BPF_ALU | BPF_MOD | BPF_K
+    const RET_A: u16 = 0x16; // BPF_RET | BPF_A
+    const AD_RANDOM: u32 = (-0x1000_i32 + 56) as u32; // SKF_AD_OFF + SKF_AD_RANDOM
+    vec![
+        insn(LD_W_ABS, AD_RANDOM),
+        insn(MOD_K, index),
+        insn(RET_A, 0),
+    ]
+}
+
+/// `return k`: the member at index `k`, or the usual hash if out of range.
+fn ret(k: u32) -> libc::sock_filter {
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    insn(RET_K, k)
+}
+
+fn insn(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn attach(listener: &TcpListener, program: &[libc::sock_filter]) -> io::Result<()> {
+    let program = libc::sock_fprog {
+        len: program.len() as u16,
+        // The kernel copies the program; it only reads through this pointer.
+        filter: program.as_ptr().cast_mut(),
+    };
+    setsockopt(listener, AttachReusePortCbpf, &program)?;
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! What a listening socket held by more than one process needs: knowing that
+//! it is shared (then its queue is never drained nor closed from here), the
+//! copy a handoff sends, and the signal that this process accepts on it.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex,
+};
+
+use socket2::Socket;
+use tokio::sync::Semaphore;
+
+/// One listening socket's standing across processes, shared by its
+/// [`GracefulAccept`](crate::GracefulAccept) and the handoff that may send it.
+#[derive(Debug, Default)]
+pub(crate) struct SharedSocket {
+    /// Another process holds the socket too (a service manager, or a
+    /// successor that said it is ready). Only ever goes from `false` to
+    /// `true`; `Release`/`Acquire` so that a drain seeing it also sees the
+    /// handoff that set it.
+    elsewhere: AtomicBool,
+    /// The copy of the socket a handoff sends to a successor. Dropped when
+    /// the listener closes, so that closing the listener closes the socket.
+    copy: Mutex<Option<Socket>>,
+    /// Gets a permit when the listener first accepts: a successor says it is
+    /// ready once every listener it received does.
+    accepting: Option<Arc<Semaphore>>,
+}
+
+impl SharedSocket {
+    /// A socket another process holds from the start (inherited, received).
+    pub(crate) fn elsewhere() -> Self {
+        Self {
+            elsewhere: AtomicBool::new(true),
+            ..Self::default()
+        }
+    }
+
+    /// Keeps `copy` for a handoff, until the listener closes.
+    pub(crate) fn with_copy(self, copy: Socket) -> Self {
+        *self.lock_copy() = Some(copy);
+        self
+    }
+
+    /// Adds a permit to `accepting` when the listener first accepts.
+    pub(crate) fn with_accepting(mut self, accepting: Arc<Semaphore>) -> Self {
+        self.accepting = Some(accepting);
+        self
+    }
+
+    pub(crate) fn is_elsewhere(&self) -> bool {
+        self.elsewhere.load(Ordering::Acquire)
+    }
+
+    /// A successor now holds the socket.
+    pub(crate) fn set_elsewhere(&self) {
+        self.elsewhere.store(true, Ordering::Release);
+    }
+
+    /// The listener is closing: drop the copy with it.
+    pub(crate) fn close_copy(&self) {
+        self.lock_copy().take();
+    }
+
+    /// The listener accepts for the first time (called once).
+    pub(crate) fn accepting(&self) {
+        if let Some(accepting) = &self.accepting {
+            accepting.add_permits(1);
+        }
+    }
+
+    /// The copy a handoff sends, or `None` once the listener closed.
+    pub(crate) fn lock_copy(&self) -> std::sync::MutexGuard<'_, Option<Socket>> {
+        self.copy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

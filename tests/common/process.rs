@@ -1,0 +1,137 @@
+//! The reference server (`examples/server.rs`) as a real process.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+use super::{localhost, within};
+
+/// The example binary, which `cargo test` builds beside the tests.
+pub fn server_binary() -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let path = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// A running reference server and its log.
+pub struct Process {
+    child: Child,
+    /// The server's stderr, line by line, read by a task that never stops,
+    /// so the server never blocks on a full pipe.
+    pub log: mpsc::UnboundedReceiver<String>,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    /// Starts the server on a free port; `shell_prefix` runs before it in
+    /// `sh` (for `ulimit`).
+    pub async fn start(shell_prefix: &str, args: &str) -> Self {
+        Self::start_with(
+            shell_prefix,
+            &format!("--addr 127.0.0.1:0 {args}"),
+            Stdio::null(),
+        )
+        .await
+    }
+
+    /// Starts the server with `args` after `shell_prefix` in `sh`, with
+    /// `stdin` as its standard input, and waits until it listens.
+    pub async fn start_with(shell_prefix: &str, args: &str, stdin: Stdio) -> Self {
+        let command = format!("{shell_prefix} exec {} {args}", server_binary().display());
+        let mut child = Command::new("sh")
+            .args(["-c", &command])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(stdin)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (tx, log) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        let mut process = Self {
+            child,
+            log,
+            addr: localhost(),
+        };
+        let line = process.wait_for_log("listening").await;
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        process.addr = addr.parse().unwrap();
+        process
+    }
+
+    /// Reads the log until a line contains `text`, and returns that line.
+    pub async fn wait_for_log(&mut self, text: &str) -> String {
+        within(text, async {
+            loop {
+                let line = self.log.recv().await;
+                let line = line.unwrap_or_else(|| panic!("the log ended before {text:?}"));
+                if line.contains(text) {
+                    return line;
+                }
+            }
+        })
+        .await
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn exit(mut self) -> ExitStatus {
+        within("the server to exit", self.child.wait())
+            .await
+            .unwrap()
+    }
+}
+
+/// Runs the server with `args` to completion; exit status and stderr.
+pub async fn run(args: &[&str]) -> (ExitStatus, String) {
+    let output = within(
+        "the server to exit",
+        Command::new(server_binary())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
