@@ -290,50 +290,63 @@ impl ListenersBuilder {
             (Origin::Bound, self.bind()?)
         };
         let accepting = Arc::new(Semaphore::new(0));
-        let count = sockets.len();
-        let mut handed = Vec::new();
         let sockets = sockets
             .into_iter()
-            .map(|(name, socket)| {
-                let mut shared = match origin {
-                    Origin::ServiceManager => SharedSocket::elsewhere(),
-                    _ => SharedSocket::default(),
-                };
-                if self.handoff.is_some() {
-                    shared = shared.with_copy(socket.try_clone()?);
-                }
-                let shared = Arc::new(shared.with_accepting(accepting.clone()));
-                handed.push((name.clone(), shared.clone()));
-                log_socket(origin, &name, &socket);
-                Ok((name, socket, shared))
-            })
-            .collect::<io::Result<_>>()?;
+            .map(|(name, socket)| self.share(origin, name, socket, &accepting))
+            .collect::<io::Result<Vec<_>>>()?;
         if let Some(path) = &self.handoff {
             let handoff = Handoff {
-                sockets: handed,
+                sockets: sockets
+                    .iter()
+                    .map(|(n, _, s)| (n.clone(), s.clone()))
+                    .collect(),
                 watch: watch.clone(),
                 timeout: self.handoff_timeout,
             };
             match successor {
                 Some(predecessor) => {
-                    tokio::spawn(take_over(predecessor, handoff, accepting, count));
+                    tokio::spawn(take_over(predecessor, handoff, accepting, sockets.len()));
                 }
                 None => {
                     let listener = handoff::listen(path).map_err(|e| {
+                        let path = path.display();
                         io::Error::new(
                             e.kind(),
-                            format!("cannot listen on handoff path {}: {e}", path.display()),
+                            format!("cannot listen on handoff path {path}: {e}"),
                         )
                     })?;
                     tokio::spawn(handoff.serve(listener));
                 }
             }
         }
+        for (name, socket, _) in &sockets {
+            log_socket(origin, name, socket);
+        }
         Ok(Listeners {
             origin,
             watch: watch.clone(),
             sockets,
         })
+    }
+
+    /// The standing of a socket across processes: held by a service manager
+    /// from the start, copied for a handoff if there is one.
+    fn share(
+        &self,
+        origin: Origin,
+        name: String,
+        socket: Socket,
+        accepting: &Arc<Semaphore>,
+    ) -> io::Result<(String, Socket, Arc<SharedSocket>)> {
+        let mut shared = match origin {
+            Origin::ServiceManager => SharedSocket::elsewhere(),
+            Origin::Predecessor | Origin::Bound => SharedSocket::default(),
+        };
+        if self.handoff.is_some() {
+            shared = shared.with_copy(socket.try_clone()?);
+        }
+        let shared = Arc::new(shared.with_accepting(accepting.clone()));
+        Ok((name, socket, shared))
     }
 
     async fn connect(&self) -> io::Result<Option<(Predecessor, handoff::Sockets)>> {

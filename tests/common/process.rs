@@ -135,3 +135,28 @@ pub async fn run(args: &[&str]) -> (ExitStatus, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Runs the server with `args` after `shell_prefix` in `sh`, with `stdin`
+/// as its standard input, to completion; exit status and stderr.
+pub async fn run_with(shell_prefix: &str, args: &str, stdin: Stdio) -> (ExitStatus, String) {
+    let command = format!("{shell_prefix} exec {} {args}", server_binary().display());
+    let output = within(
+        "the server to exit",
+        Command::new("sh")
+            .args(["-c", &command])
+            .env("NO_COLOR", "1")
+            .stdin(stdin)
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The `sh` prefix that passes the server's standard input to it as a
+/// socket inherited from a service manager: fd 3, `LISTEN_PID` its own pid.
+pub const AS_SERVICE_MANAGER: &str =
+    "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http;";

@@ -1,0 +1,256 @@
+//! Restarts under continuous load, with the reference server as real
+//! processes: handing the socket to a successor (`--handoff`), and a socket
+//! held by a service manager (here the test) and shared by old and new.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use common::{process::*, *};
+use tokio::{sync::Notify, task::JoinHandle};
+
+/// Clients that each open a new connection per request, without pause.
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// Requests completed so far, whatever their outcome.
+    done: Arc<AtomicUsize>,
+    progress: Arc<Notify>,
+    clients: Vec<JoinHandle<Vec<Outcome>>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let progress = Arc::new(Notify::new());
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, done, progress) = (stop.clone(), done.clone(), progress.clone());
+                tokio::spawn(async move {
+                    let mut outcomes = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        outcomes.push(one_request(addr, "/").await);
+                        done.fetch_add(1, Ordering::Relaxed);
+                        progress.notify_waiters();
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            done,
+            progress,
+            clients,
+        }
+    }
+
+    /// Waits until `requests` more requests have completed.
+    async fn wait_for(&self, requests: usize) {
+        let target = self.done.load(Ordering::Relaxed) + requests;
+        within("the load to make progress", async {
+            loop {
+                let progressed = self.progress.notified();
+                tokio::pin!(progressed);
+                progressed.as_mut().enable();
+                if self.done.load(Ordering::Relaxed) >= target {
+                    return;
+                }
+                progressed.await;
+            }
+        })
+        .await;
+    }
+
+    /// Stops the clients; asserts every request got a 200 and returns how
+    /// many were sent.
+    async fn assert_all_served(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut outcomes = Vec::new();
+        for client in self.clients {
+            outcomes.extend(within("a client to stop", client).await.unwrap());
+        }
+        let failed: Vec<_> = outcomes.iter().filter(|o| !o.is_ok()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {failed:?}",
+            failed.len(),
+            outcomes.len()
+        );
+        outcomes.len()
+    }
+}
+
+/// A fresh directory for a handoff path.
+fn handoff_path(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tower-drain-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("handoff.sock")
+}
+
+/// Waits for `old` to report that it left its socket to another process,
+/// and to exit 0.
+async fn assert_left_and_exited(mut old: Process) {
+    old.wait_for_log("1 listeners left to another process")
+        .await;
+    assert_eq!(old.exit().await.code(), Some(0));
+}
+
+/// Five handoffs in a row under load: every request answered, every old
+/// server exits 0 by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_restarts_under_load_lose_nothing() {
+    let path = handoff_path("handoff-load");
+    let handoff = format!("--handoff {}", path.display());
+    let mut server = Process::start("", &handoff).await;
+    let addr = server.addr;
+    let load = Load::start(addr, 6);
+    for _ in 0..5 {
+        load.wait_for(200).await;
+        let args = format!("--addr {addr} {handoff}");
+        let mut successor = Process::start_with("", &args, Stdio::null()).await;
+        assert_eq!(successor.addr, addr);
+        successor
+            .wait_for_log("took over from the predecessor")
+            .await;
+        assert_left_and_exited(server).await;
+        server = successor;
+    }
+    load.wait_for(200).await;
+    let sent = load.assert_all_served().await;
+    assert!(sent >= 1200, "{sent}");
+    server.signal("TERM");
+    assert_eq!(server.exit().await.code(), Some(0));
+}
+
+/// A socket a service manager holds (fd 3, `LISTEN_FDS`): a successor
+/// starts on it, SIGTERM to the old one leaves the queue to the successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_manager_socket_restarts_under_load_lose_nothing() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let start = || async {
+        let fd = std::os::fd::OwnedFd::from(held.try_clone().unwrap());
+        // `--addr` is ignored: the inherited socket is served.
+        Process::start_with(AS_SERVICE_MANAGER, "--addr 127.0.0.1:1", Stdio::from(fd)).await
+    };
+    let mut server = start().await;
+    assert_eq!(server.addr, addr);
+    let load = Load::start(addr, 6);
+    for _ in 0..5 {
+        load.wait_for(200).await;
+        let successor = start().await;
+        server.signal("TERM");
+        assert_left_and_exited(server).await;
+        server = successor;
+    }
+    load.wait_for(200).await;
+    let sent = load.assert_all_served().await;
+    assert!(sent >= 1200, "{sent}");
+    server.signal("TERM");
+    assert_left_and_exited(server).await;
+}
+
+/// A successor that closes the connection before it says it is ready
+/// leaves the old server serving, and the path still hands over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_successor_leaves_the_old_server_serving() {
+    let path = handoff_path("handoff-failed");
+    let handoff = format!("--handoff {}", path.display());
+    let mut server = Process::start("", &handoff).await;
+    let addr = server.addr;
+
+    let mut quitter = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let mut message = [0; 64];
+    let read = tokio::io::AsyncReadExt::read(&mut quitter, &mut message).await;
+    assert!(read.unwrap() > 0);
+    drop(quitter);
+    server
+        .wait_for_log("handoff to a successor failed; still serving")
+        .await;
+    assert!(one_request(addr, "/").await.is_ok());
+
+    let args = format!("--addr {addr} {handoff}");
+    let mut successor = Process::start_with("", &args, Stdio::null()).await;
+    successor
+        .wait_for_log("took over from the predecessor")
+        .await;
+    assert_left_and_exited(server).await;
+    assert!(one_request(addr, "/").await.is_ok());
+    successor.signal("TERM");
+    assert_eq!(successor.exit().await.code(), Some(0));
+}
+
+/// A socket file nobody listens on (a server that exited) is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_handoff_path_is_taken_over() {
+    let path = handoff_path("handoff-stale");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let handoff = format!("--handoff {}", path.display());
+    let server = Process::start("", &handoff).await;
+    assert!(one_request(server.addr, "/").await.is_ok());
+
+    let args = format!("--addr {} {handoff}", server.addr);
+    let mut successor = Process::start_with("", &args, Stdio::null()).await;
+    successor
+        .wait_for_log("took over from the predecessor")
+        .await;
+    assert_left_and_exited(server).await;
+    successor.signal("TERM");
+    assert_eq!(successor.exit().await.code(), Some(0));
+}
+
+/// Bad restart input is a clear message and exit 2.
+#[tokio::test]
+async fn bad_restart_input_exits_two() {
+    let dir = handoff_path("handoff-bad");
+    let regular = dir.with_file_name("regular");
+    std::fs::write(&regular, "not a socket").unwrap();
+    let cases = [
+        (
+            "",
+            format!(
+                "--handoff {}",
+                dir.with_file_name("missing/h.sock").display()
+            ),
+            Stdio::null(),
+            "its directory does not exist",
+        ),
+        (
+            "",
+            format!("--handoff {}", regular.display()),
+            Stdio::null(),
+            "exists and is not a socket",
+        ),
+        (
+            AS_SERVICE_MANAGER,
+            String::new(),
+            Stdio::from(std::fs::File::open(&regular).unwrap()),
+            "inherited descriptor 3",
+        ),
+        (
+            AS_SERVICE_MANAGER,
+            String::new(),
+            Stdio::from(std::os::fd::OwnedFd::from(
+                std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            )),
+            "is not a stream socket",
+        ),
+    ];
+    for (prefix, args, stdin, message) in cases {
+        let (status, stderr) = run_with(prefix, &args, stdin).await;
+        assert_eq!(status.code(), Some(2), "{args}: {stderr}");
+        assert!(stderr.contains(message), "{args}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
