@@ -1,0 +1,93 @@
+//! The handoff between two `Listeners` in one process: a successor that
+//! stays silent is timed out and the running server keeps serving; the
+//! takeover that follows hands the socket over.
+
+mod common;
+
+use std::{path::PathBuf, time::Duration};
+
+use common::*;
+use tokio::io::AsyncReadExt;
+use tower_drain::{
+    restart::{Listeners, Origin},
+    Watch,
+};
+
+fn handoff_path(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tower-drain-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("handoff.sock")
+}
+
+/// A successor that connects and never says it is ready is given up on
+/// after the handoff timeout; the server never stopped serving, and the
+/// next successor takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_successor_times_out_and_the_server_keeps_serving() {
+    let path = handoff_path("silent-successor");
+    let watch = Watch::new();
+    let mut listeners = Listeners::builder()
+        .tcp("http", localhost())
+        .handoff(&path)
+        .handoff_timeout(Duration::from_millis(200))
+        .open(&watch)
+        .await
+        .unwrap();
+    assert_eq!(listeners.origin(), Origin::Bound);
+    let server = Server::serve(listeners.tcp("http").unwrap());
+
+    let mut silent = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let mut buf = Vec::new();
+    // The server sends its message, waits for `ready`, then hangs up.
+    within("the server to give up", silent.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        buf.starts_with(b"tower-drain handoff 1 1\nhttp\n"),
+        "{buf:?}"
+    );
+    assert!(!watch.is_draining());
+    assert!(one_request(server.addr, "/").await.is_ok());
+
+    let successor = Watch::new();
+    let mut taken = Listeners::builder()
+        .tcp("http", server.addr)
+        .handoff(&path)
+        .open(&successor)
+        .await
+        .unwrap();
+    assert_eq!(taken.origin(), Origin::Predecessor);
+    let next = Server::serve(taken.tcp("http").unwrap());
+    let report = server.stopped().await;
+    assert_eq!(report.listeners_shared, 1);
+    assert_eq!(report.accepted_from_queue, 0);
+    assert!(one_request(next.addr, "/").await.is_ok());
+    successor.trigger();
+    next.stopped().await;
+}
+
+/// A socket inherited or handed over is closed without draining at the
+/// trigger; one this process alone holds is drained. `shared()` marks it.
+#[tokio::test]
+async fn shared_listener_is_not_drained() {
+    let watch = Watch::new();
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The test holds the socket too, as a service manager would.
+    let held = socket2::SockRef::from(&listener).try_clone().unwrap();
+    let listener = tower_drain::GracefulAccept::new(listener, watch.clone()).shared();
+    let server = Server::serve(listener);
+    let _queued = connect_and_send(addr, &request("/")).await.unwrap();
+    watch.trigger();
+    let report = server.stopped().await;
+    assert_eq!(report.listeners_shared, 1);
+    assert_eq!(report.accepted_from_queue, 0);
+    // The queued connection still waits in the socket the test holds.
+    let held = std::net::TcpListener::from(held);
+    held.set_nonblocking(false).unwrap();
+    let (mut conn, _) = held.accept().unwrap();
+    let mut head = [0; 3];
+    std::io::Read::read_exact(&mut conn, &mut head).unwrap();
+    assert_eq!(&head, b"GET");
+}
