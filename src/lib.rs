@@ -53,6 +53,13 @@
 //!
 //! Every step is logged with `tracing` under the `tower_drain` target.
 //!
+//! # Restarts
+//!
+//! A restart that hands the listening socket on never closes it, so nothing
+//! queued is reset: [`restart::Listeners`] (Unix) takes sockets from systemd
+//! socket activation or from the server it replaces, or binds them, and
+//! hands them to its own successor.
+//!
 //! # Features
 //!
 //! - `axum` (default): `axum::serve::Listener` for [`GracefulAccept`] (and
