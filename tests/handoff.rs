@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use tokio::io::AsyncReadExt;
@@ -12,13 +12,6 @@ use tower_drain::{
     restart::{Listeners, Origin},
     Watch,
 };
-
-fn handoff_path(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tower-drain-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("handoff.sock")
-}
 
 /// A successor that connects and never says it is ready is given up on
 /// after the handoff timeout; the server never stopped serving, and the

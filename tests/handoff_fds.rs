@@ -16,10 +16,7 @@ fn open_fds() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptors_stay_flat_over_50_handoffs() {
-    let dir = std::env::temp_dir().join(format!("tower-drain-fds-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("handoff.sock");
+    let path = handoff_path("fds");
 
     let open = |addr| {
         let watch = Watch::new();

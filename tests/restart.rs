@@ -6,7 +6,6 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     process::Stdio,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -87,14 +86,6 @@ impl Load {
         );
         outcomes.len()
     }
-}
-
-/// A fresh directory for a handoff path.
-fn handoff_path(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tower-drain-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("handoff.sock")
 }
 
 /// Waits for `old` to report that it left its socket to another process,

@@ -115,6 +115,14 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> TcpListener {
     socket.listen(1024).unwrap()
 }
 
+/// A handoff path in a fresh directory of its own for the test `test`.
+pub fn handoff_path(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tower-drain-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("handoff.sock")
+}
+
 pub fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
