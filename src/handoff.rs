@@ -217,6 +217,8 @@ pub(crate) struct Handoff {
     pub(crate) sockets: Vec<(String, Arc<SharedSocket>)>,
     pub(crate) watch: Watch,
     pub(crate) timeout: Duration,
+    /// The backlog to restore on received sockets (see [`Handoff::restore_backlog`]).
+    pub(crate) backlog: i32,
 }
 
 impl Handoff {
@@ -239,6 +241,17 @@ impl Handoff {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
+            }
+        }
+    }
+
+    /// Sets this server's backlog on the sockets again: a predecessor whose
+    /// drain started before the handoff finished lowered it to 0 on the
+    /// socket this process now serves.
+    pub(crate) fn restore_backlog(&self) {
+        for (name, shared) in &self.sockets {
+            if let Some(Err(error)) = shared.lock_copy().as_ref().map(|s| s.listen(self.backlog)) {
+                tracing::warn!(name, %error, "cannot restore the backlog");
             }
         }
     }

@@ -302,6 +302,7 @@ impl ListenersBuilder {
                     .collect(),
                 watch: watch.clone(),
                 timeout: self.handoff_timeout,
+                backlog: self.bind.backlog,
             };
             match successor {
                 Some(predecessor) => {
@@ -415,6 +416,7 @@ async fn take_over(
     let _ = accepting.acquire_many(all).await;
     match predecessor.ready(handoff.timeout).await {
         Ok(listener) => {
+            handoff.restore_backlog();
             tracing::info!("took over from the predecessor");
             handoff.serve(listener).await;
         }
