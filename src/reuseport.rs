@@ -42,14 +42,19 @@ const PROBE_WAIT: Duration = Duration::from_millis(2);
 /// A connection the probing took from the queue that was not a probe.
 pub(crate) type Queued = (std::net::TcpStream, SocketAddr);
 
-/// Lowers the backlog, and in an `SO_REUSEPORT` group steers new
-/// connections to the other members. Connections from clients that the
-/// probing accepts go in `queued`.
+/// In an `SO_REUSEPORT` group steers new connections to the other members,
+/// then lowers the backlog. Connections from clients that the probing
+/// accepts go in `queued`.
 pub(crate) fn steer_away(listener: &TcpListener, queued: &mut Vec<Queued>) {
-    lower_backlog(SockRef::from(listener));
-    if !SockRef::from(listener).reuse_port().unwrap_or(false) {
-        return;
+    // Probing first: with a backlog of 0, a single queued connection makes
+    // the queue full and the probe's SYN would be dropped.
+    if SockRef::from(listener).reuse_port().unwrap_or(false) {
+        steer(listener, queued);
     }
+    lower_backlog(SockRef::from(listener));
+}
+
+fn steer(listener: &TcpListener, queued: &mut Vec<Queued>) {
     match own_index(listener, queued) {
         Ok(Some(index)) => match attach(listener, &avoiding(index)) {
             Ok(()) => tracing::debug!(index, "steering new connections to the other members"),
@@ -169,4 +174,87 @@ fn attach(listener: &TcpListener, program: &[libc::sock_filter]) -> io::Result<(
     };
     setsockopt(listener, AttachReusePortCbpf, &program)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, net::Ipv4Addr};
+
+    use socket2::{Domain, Socket, Type};
+
+    use super::*;
+
+    /// A member of the `SO_REUSEPORT` group on `addr` (port 0: a new group).
+    fn member(addr: SocketAddr) -> TcpListener {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket.bind(&addr.into()).unwrap();
+        socket.listen(1024).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        TcpListener::from_std(socket.into()).unwrap()
+    }
+
+    /// Opens `count` connections to the group and waits until each is in a
+    /// member's queue: how many went to `a` and to `b`. Other connections
+    /// (probes that landed on `b`) are not counted.
+    fn spread(count: usize, a: &TcpListener, b: &TcpListener) -> (usize, usize) {
+        let target = a.local_addr().unwrap();
+        let clients: Vec<_> = (0..count)
+            .map(|_| TcpStream::connect(target).unwrap())
+            .collect();
+        let mut waiting: HashSet<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+        let mut got = [0, 0];
+        loop {
+            for (member, got) in [a, b].into_iter().zip(&mut got) {
+                while let Some((_, peer)) = accept_now(SockRef::from(member)).unwrap() {
+                    if waiting.remove(&peer.as_socket().unwrap()) {
+                        *got += 1;
+                    }
+                }
+            }
+            if waiting.is_empty() {
+                return (got[0], got[1]);
+            }
+            let mut fds = [a, b].map(|m| PollFd::new(m.as_fd(), PollFlags::POLLIN));
+            assert!(
+                poll(&mut fds, PollTimeout::from(60_000u16)).unwrap() > 0,
+                "{} connections never reached a queue",
+                waiting.len()
+            );
+        }
+    }
+
+    /// Steering sends every new connection to the other member; unsteering
+    /// hands the group back to the kernel's hash, which uses both.
+    #[tokio::test]
+    async fn steering_sends_new_connections_to_the_other_member() {
+        let a = member(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let b = member(a.local_addr().unwrap());
+
+        let mut queued = Vec::new();
+        steer_away(&a, &mut queued);
+        assert!(queued.is_empty(), "no client was queued: {queued:?}");
+        assert_eq!(spread(64, &a, &b), (0, 64));
+
+        // The drain lowered the backlog; give `a` room again to see the hash.
+        SockRef::from(&a).listen(1024).unwrap();
+        unsteer(&a);
+        let (to_a, to_b) = spread(64, &a, &b);
+        assert!(to_a > 0 && to_b > 0, "{to_a} and {to_b}");
+    }
+
+    /// Connections already queued when the probing starts are kept for the
+    /// drain, not dropped.
+    #[tokio::test]
+    async fn probing_keeps_the_queued_clients() {
+        let a = member(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let client = TcpStream::connect(a.local_addr().unwrap()).unwrap();
+        let b = member(a.local_addr().unwrap());
+
+        let mut queued = Vec::new();
+        steer_away(&a, &mut queued);
+        let peers: Vec<_> = queued.iter().map(|(_, peer)| *peer).collect();
+        assert_eq!(peers, [client.local_addr().unwrap()]);
+        drop(b);
+    }
 }
