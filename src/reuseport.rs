@@ -15,6 +15,10 @@
 //!   group and outlives its author, so just before the socket closes it is
 //!   replaced by one that always answers out of range, which the kernel
 //!   treats as "no program": the group's usual hash, with no member stranded.
+//!   A connection that reaches this socket between that and the close is
+//!   still reset: no unprivileged program can name a socket that is about to
+//!   leave its group. `cargo run --release --example restarts` measures what
+//!   is left.
 
 use std::{
     io,
@@ -57,7 +61,10 @@ pub(crate) fn steer_away(listener: &TcpListener, queued: &mut Vec<Queued>) {
 fn steer(listener: &TcpListener, queued: &mut Vec<Queued>) {
     match own_index(listener, queued) {
         Ok(Some(index)) => match attach(listener, &avoiding(index)) {
-            Ok(()) => tracing::debug!(index, "steering new connections to the other members"),
+            Ok(()) => tracing::info!(
+                index,
+                "steering new connections to the other SO_REUSEPORT members until the close (best effort: one arriving in the instant of the close may still be reset)",
+            ),
             Err(error) => tracing::debug!(%error, "cannot steer new connections away"),
         },
         Ok(None) => {

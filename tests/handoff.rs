@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::FutureExt;
 use tokio::io::AsyncReadExt;
 use tower_drain::{
     restart::{Listeners, Origin},
@@ -83,4 +84,76 @@ async fn shared_listener_is_not_drained() {
     let mut head = [0; 3];
     std::io::Read::read_exact(&mut conn, &mut head).unwrap();
     assert_eq!(&head, b"GET");
+}
+
+/// A predecessor whose drain started during the handoff lowered the backlog
+/// of the socket it sent (to 0, as the drain does); the successor sets it
+/// back once it has taken over, so that clients queue while it is busy
+/// instead of having their SYNs dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successor_restores_a_lowered_backlog() {
+    let path = handoff_path("lowered-backlog");
+    let http = std::net::TcpListener::bind(localhost()).unwrap();
+    let addr = http.local_addr().unwrap();
+    socket2::SockRef::from(&http).listen(0).unwrap();
+    let predecessor = tokio::task::spawn_blocking({
+        let handoff = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        move || fake_predecessor(&handoff, &http)
+    });
+
+    let watch = Watch::new();
+    let mut listeners = Listeners::builder()
+        .tcp("http", addr)
+        .handoff(&path)
+        .open(&watch)
+        .await
+        .unwrap();
+    assert_eq!(listeners.origin(), Origin::Predecessor);
+    let mut listener = listeners.tcp("http").unwrap();
+    // Polled once, so that it says ready; then nobody accepts.
+    let accepted = axum::serve::Listener::accept(&mut listener).now_or_never();
+    assert!(accepted.is_none());
+    within("the handoff", predecessor).await.unwrap().unwrap();
+    // The successor serves the path once it has taken over.
+    let mut next = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let mut header = [0; 23];
+    within("the handoff message", next.read_exact(&mut header))
+        .await
+        .unwrap();
+    assert_eq!(&header, b"tower-drain handoff 1 1");
+
+    // With a backlog of 0 the second handshake would never complete.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(within("a handshake", tokio::net::TcpStream::connect(addr)).await);
+    }
+    assert!(clients.iter().all(Result::is_ok), "{clients:?}");
+    watch.trigger();
+}
+
+/// Sends `http` over the handoff path as a running server would, waits for
+/// `ready` and answers `done`.
+fn fake_predecessor(
+    handoff: &std::os::unix::net::UnixListener,
+    http: &std::net::TcpListener,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::{
+        io::{IoSlice, Read, Write},
+        os::fd::AsRawFd,
+    };
+    let (mut conn, _) = handoff.accept()?;
+    let fds = [http.as_raw_fd(), handoff.as_raw_fd()];
+    let text = b"tower-drain handoff 1 1\nhttp\n";
+    sendmsg::<()>(
+        conn.as_raw_fd(),
+        &[IoSlice::new(text)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    let mut ready = [0; 6];
+    conn.read_exact(&mut ready)?;
+    assert_eq!(&ready, b"ready\n");
+    conn.write_all(b"done\n")
 }
