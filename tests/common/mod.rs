@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod load;
 pub mod process;
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};

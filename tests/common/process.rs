@@ -2,7 +2,7 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
 };
 
@@ -55,7 +55,13 @@ impl Process {
     /// Starts the server with `args` after `shell_prefix` in `sh`, with
     /// `stdin` as its standard input, and waits until it listens.
     pub async fn start_with(shell_prefix: &str, args: &str, stdin: Stdio) -> Self {
-        let command = format!("{shell_prefix} exec {} {args}", server_binary().display());
+        Self::spawn(&server_binary(), shell_prefix, args, stdin).await
+    }
+
+    /// Starts `program` as [`start_with`](Self::start_with) starts the
+    /// server, and waits until it logs `listening ... addr=ADDR`.
+    pub async fn spawn(program: &Path, shell_prefix: &str, args: &str, stdin: Stdio) -> Self {
+        let command = format!("{shell_prefix} exec {} {args}", program.display());
         let mut child = Command::new("sh")
             .args(["-c", &command])
             .env("NO_COLOR", "1")
