@@ -7,7 +7,7 @@
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<()> {
 //!     let watch = Watch::new(); // or Watch::builder().grace(..).build()
-//!     watch.trigger_on_signals()?; // SIGTERM/SIGINT drains, a second one forces
+//!     watch.trigger_on_signals()?; // SIGTERM/SIGINT/SIGHUP drains, a second one forces
 //!
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //!     let listener = GracefulAccept::new(listener, watch.clone());

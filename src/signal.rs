@@ -1,13 +1,18 @@
-//! Triggering the drain from the operating system: SIGTERM and SIGINT on
-//! Unix, ctrl-c elsewhere. The first signal drains, the second forces.
+//! Triggering the drain from the operating system: SIGTERM, SIGINT and
+//! SIGHUP on Unix, ctrl-c elsewhere. The first signal drains, the second
+//! forces.
 
 use std::io;
 
 use crate::Watch;
 
 impl Watch {
-    /// Triggers the drain on SIGTERM or SIGINT (ctrl-c on other systems): the
-    /// first signal starts the drain, the second forces it.
+    /// Triggers the drain on SIGTERM, SIGINT or SIGHUP (ctrl-c on other
+    /// systems): the first signal starts the drain, the second forces it.
+    ///
+    /// SIGHUP drains too, rather than killing the process mid-request as it
+    /// does by default: terminals and admins send it routinely. To restart,
+    /// start a successor (see [`restart`](crate::restart)).
     ///
     /// The handlers are installed before this returns, and a task on the
     /// current tokio runtime then waits for the signals until the drain ends.
@@ -52,6 +57,7 @@ impl Watch {
 struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
@@ -61,6 +67,7 @@ impl Signals {
         Ok(Self {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -68,6 +75,7 @@ impl Signals {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
+            _ = self.hangup.recv() => "SIGHUP",
         }
     }
 }

@@ -6,27 +6,31 @@ mod common;
 use common::{process::*, *};
 use tokio::net::TcpStream;
 
-/// SIGTERM drains: the request sent just before it is answered, the server
+/// SIGTERM drains, and so does SIGHUP (whose default would kill the server
+/// mid-request): the request sent just before it is answered, the server
 /// logs the report and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_zero() {
-    let mut server = Process::start("", "").await;
-    let mut client = connect_and_send(server.addr, &request("/slow?ms=200"))
-        .await
-        .unwrap();
-    server.signal("TERM");
-    server.wait_for_log("drain started").await;
+async fn sigterm_and_sighup_drain_and_exit_zero() {
+    for signal in ["TERM", "HUP"] {
+        let mut server = Process::start("", "").await;
+        let mut client = connect_and_send(server.addr, &request("/slow?ms=200"))
+            .await
+            .unwrap();
+        server.signal(signal);
+        server.wait_for_log("drain started").await;
 
-    let outcome = within("the response", read_response(&mut client)).await;
-    assert_eq!(
-        outcome,
-        Outcome::Response {
-            status: 200,
-            connection_close: true
-        }
-    );
-    server.wait_for_log("drain complete").await;
-    assert_eq!(server.exit().await.code(), Some(0));
+        let outcome = within("the response", read_response(&mut client)).await;
+        assert_eq!(
+            outcome,
+            Outcome::Response {
+                status: 200,
+                connection_close: true
+            },
+            "SIG{signal}"
+        );
+        server.wait_for_log("drain complete").await;
+        assert_eq!(server.exit().await.code(), Some(0), "SIG{signal}");
+    }
 }
 
 /// A second signal forces the drain: the server exits 1 at once.

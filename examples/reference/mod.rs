@@ -91,7 +91,7 @@ pub(crate) fn init_tracing() {
         .init();
 }
 
-/// A `Watch` with the `--grace` deadline, triggered by SIGTERM and SIGINT.
+/// A `Watch` with the `--grace` deadline, triggered by SIGTERM, SIGINT and SIGHUP.
 pub(crate) fn watch(options: &Options) -> Result<Watch, String> {
     let watch = Watch::builder().grace(options.grace).build();
     watch
