@@ -182,6 +182,7 @@ impl<S> DrainService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for DrainService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
 {
     type Response = Response<DrainBody<ResBody>>;
     type Error = S::Error;
@@ -242,6 +243,7 @@ pin_project! {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
 {
     type Output = Result<Response<DrainBody<B>>, E>;
 
@@ -249,7 +251,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let token = this.token.take().expect("polled after completion");
+        let mut token = this.token.take().expect("polled after completion");
         let mut response = result?;
         if *this.may_close
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -258,6 +260,9 @@ where
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if response.body().is_end_stream() {
+            token.ended();
         }
         Poll::Ready(Ok(response.map(|body| DrainBody {
             inner: body,
@@ -314,9 +319,18 @@ impl<B: Body> Body for DrainBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) {
-            this.token.take();
+        let mut inner = this.inner;
+        let frame = ready!(inner.as_mut().poll_frame(cx));
+        match (&frame, this.token.as_mut()) {
+            // hyper drops a body that says it has ended without polling it
+            // again: that drop is the end.
+            (Some(Ok(_)), Some(token)) if inner.is_end_stream() => token.ended(),
+            (Some(Ok(_)), _) => {}
+            (None, Some(token)) => {
+                token.ended();
+                this.token.take();
+            }
+            (_, _) => drop(this.token.take()),
         }
         Poll::Ready(frame)
     }
@@ -340,9 +354,11 @@ impl<B> fmt::Debug for DrainBody<B> {
     }
 }
 
-/// A request's place in [`Watch::requests`], released on drop.
+/// A request's place in [`Watch::requests`], released on drop: completed if
+/// its response body ended, aborted otherwise.
 struct RequestToken {
     inner: Arc<Inner>,
+    ended: bool,
 }
 
 impl RequestToken {
@@ -351,13 +367,20 @@ impl RequestToken {
         inner.request_started();
         Self {
             inner: inner.clone(),
+            ended: false,
         }
+    }
+
+    /// The whole response has been produced.
+    #[inline]
+    fn ended(&mut self) {
+        self.ended = true;
     }
 }
 
 impl Drop for RequestToken {
     #[inline]
     fn drop(&mut self) {
-        self.inner.request_finished();
+        self.inner.request_finished(self.ended);
     }
 }

@@ -27,9 +27,14 @@ pub struct DrainReport {
     /// Listeners whose socket another process also held (a successor, or a
     /// service manager): closed without draining, their queue left to it.
     pub listeners_shared: usize,
-    /// Requests that finished (their response body ended or was dropped)
-    /// after the trigger.
+    /// Requests whose whole response was produced (their response body
+    /// ended) after the trigger.
     pub requests_completed: usize,
+    /// Requests that ended after the trigger without their whole response:
+    /// the handler's future or the response body was dropped (the client
+    /// went away, or the drain was forced), or the service or the body
+    /// failed.
+    pub requests_aborted: usize,
     /// Connections still open when the drain was forced, and so closed.
     pub connections_forced: usize,
     /// Why the drain was forced (`"deadline"`, `"second trigger"` or
@@ -61,13 +66,14 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} listeners left to another process, {} requests completed, {} connections forced",
+            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections forced",
             self.total(),
             self.closing_listeners,
             self.closing_connections,
             self.accepted_from_queue,
             self.listeners_shared,
             self.requests_completed,
+            self.requests_aborted,
             self.connections_forced,
         )?;
         match self.forced {

@@ -493,6 +493,7 @@ pub(crate) struct Inner {
     /// Listeners closed without a drain because another process holds them.
     listeners_shared: AtomicUsize,
     requests_completed: AtomicUsize,
+    requests_aborted: AtomicUsize,
     /// One waker per open connection, woken when the drain is forced.
     connections: Mutex<Slab<ForceSlot>>,
     /// Woken on every change a waiter may be waiting for.
@@ -524,6 +525,7 @@ impl Inner {
             accepted_from_queue: AtomicUsize::new(0),
             listeners_shared: AtomicUsize::new(0),
             requests_completed: AtomicUsize::new(0),
+            requests_aborted: AtomicUsize::new(0),
             connections: Mutex::new(Slab::new()),
             notify: Notify::new(),
             timeline: Mutex::default(),
@@ -687,6 +689,7 @@ impl Inner {
             accepted_from_queue = report.accepted_from_queue,
             listeners_shared = report.listeners_shared,
             requests_completed = report.requests_completed,
+            requests_aborted = report.requests_aborted,
             connections_forced = report.connections_forced,
             forced = report.forced,
             closing_listeners = ?report.closing_listeners,
@@ -704,6 +707,7 @@ impl Inner {
             accepted_from_queue: self.accepted_from_queue.load(SeqCst),
             listeners_shared: self.listeners_shared.load(SeqCst),
             requests_completed: self.requests_completed.load(SeqCst),
+            requests_aborted: self.requests_aborted.load(SeqCst),
             connections_forced: timeline.forced.map_or(0, |(_, _, open)| open),
             forced: timeline.forced.map(|(_, cause, _)| cause),
             closing_listeners: listeners_closed - triggered,
@@ -787,10 +791,14 @@ impl Inner {
     }
 
     #[inline]
-    pub(crate) fn request_finished(&self) {
+    pub(crate) fn request_finished(&self, completed: bool) {
         let last = self.requests.fetch_sub(1, SeqCst) == 1;
         if self.is_draining() {
-            self.requests_completed.fetch_add(1, SeqCst);
+            let count = match completed {
+                true => &self.requests_completed,
+                false => &self.requests_aborted,
+            };
+            count.fetch_add(1, SeqCst);
             if last {
                 self.finish_if_drained();
             }

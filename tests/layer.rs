@@ -153,7 +153,7 @@ async fn streaming_body_holds_the_request_until_its_end() {
     assert_eq!(watch.report().unwrap().requests_completed, 1);
 }
 
-/// A streaming body dropped before its end releases the request, which ends the drain it held open.
+/// A streaming body dropped before its end releases the request, which ends the drain it held open, and counts as aborted.
 #[tokio::test]
 async fn dropped_body_releases_the_request() {
     let watch = Watch::new();
@@ -166,7 +166,35 @@ async fn dropped_body_releases_the_request() {
     drop(body);
     assert_eq!(watch.requests(), 0);
     assert_eq!(watch.phase(), Phase::Drained);
-    assert_eq!(watch.report().unwrap().requests_completed, 1);
+    let report = watch.report().unwrap();
+    assert_eq!((report.requests_completed, report.requests_aborted), (0, 1));
+}
+
+/// hyper drops a body that says it has ended without polling it again: an empty body never polled, and a sized body after its last frame, count as completed.
+#[tokio::test]
+async fn body_dropped_at_its_end_counts_as_completed() {
+    let watch = Watch::new();
+    let service = layered(DrainLayer::new(watch.clone()), |_| async {
+        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+            "hello",
+        ))))
+    });
+    let mut sized = service.oneshot(Request::new(())).await.unwrap().into_body();
+    let empty = layered(
+        DrainLayer::new(watch.clone()),
+        answer(response(StatusCode::OK)),
+    )
+    .oneshot(Request::new(()))
+    .await
+    .unwrap();
+    watch.trigger();
+
+    let frame = within("the frame", sized.frame()).await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "hello");
+    assert!(sized.is_end_stream());
+    drop((sized, empty));
+    let report = watch.report().unwrap();
+    assert_eq!((report.requests_completed, report.requests_aborted), (2, 0));
 }
 
 /// A body that fails releases the request at its error.
@@ -191,7 +219,7 @@ async fn dropped_response_future_releases_the_request() {
     assert_eq!(watch.requests(), 0);
 }
 
-/// An error from the inner service releases the request: the drain it held open ends and counts it.
+/// An error from the inner service releases the request: the drain it held open ends and counts it as aborted.
 #[tokio::test]
 async fn service_error_releases_the_request() {
     let watch = Watch::new();
@@ -205,7 +233,8 @@ async fn service_error_releases_the_request() {
     assert_eq!(error, "refused");
     assert_eq!(watch.requests(), 0);
     assert_eq!(watch.phase(), Phase::Drained);
-    assert_eq!(watch.report().unwrap().requests_completed, 1);
+    let report = watch.report().unwrap();
+    assert_eq!((report.requests_completed, report.requests_aborted), (0, 1));
 }
 
 // ----- Connection: close -----

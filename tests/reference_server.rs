@@ -47,6 +47,33 @@ async fn second_signal_forces_and_exits_one() {
     assert_eq!(server.exit().await.code(), Some(1));
 }
 
+/// A request cut off at the deadline is reported as aborted, not completed;
+/// one answered during the same drain as completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_cut_off_at_the_deadline_is_aborted() {
+    let mut server = Process::start("", "--grace 2").await;
+    let mut cut = connect_and_send(server.addr, &request("/slow?ms=3600000"))
+        .await
+        .unwrap();
+    server.wait_for_log("slow request started ms=3600000").await;
+    let mut answered = connect_and_send(server.addr, &request("/slow?ms=200"))
+        .await
+        .unwrap();
+    server.wait_for_log("slow request started ms=200").await;
+    server.signal("TERM");
+
+    let outcome = within("the answer", read_response(&mut answered)).await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let outcome = within("the cut", read_response(&mut cut)).await;
+    assert_eq!(outcome, Outcome::Unanswered);
+    let stopped = server.wait_for_log("stopped").await;
+    assert!(
+        stopped.contains("1 requests completed, 1 aborted"),
+        "{stopped}"
+    );
+    assert_eq!(server.exit().await.code(), Some(1));
+}
+
 /// Bad flags print the usage and exit 2.
 #[tokio::test]
 async fn bad_flags_exit_two() {

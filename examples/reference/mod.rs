@@ -151,6 +151,7 @@ struct Slow {
 }
 
 async fn slow(Query(Slow { ms }): Query<Slow>) -> String {
+    tracing::info!(ms, "slow request started");
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("slept {ms} ms")
 }
