@@ -6,9 +6,10 @@
 //!
 //! Routes: `GET /` answers `hello`; `GET /slow?ms=N` answers after N
 //! milliseconds; `GET /healthz` answers 200 while running and 503 once
-//! draining. SIGTERM, SIGINT or SIGHUP drains, a second one forces. Each phase and
-//! the final report are logged to stderr (`RUST_LOG` is respected). Exits 0
-//! after a clean drain, 1 after a forced one or an error, 2 on bad input
+//! draining. SIGTERM, SIGINT or SIGHUP drains, a second one forces. Each
+//! phase and the final report are logged to stderr (`RUST_LOG` is
+//! respected). Exits 0 after a clean drain, 1 after a forced one, one that
+//! reset queued connections, or an error, 2 on bad input
 //! (flags, an inherited descriptor that is not a listening socket, a
 //! handoff path that is not a socket or lies in a missing directory).
 //!

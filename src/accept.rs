@@ -490,12 +490,26 @@ impl<L: DrainableListener> GracefulAccept<L> {
             State::Draining(drain) => drain.accepted,
             _ => 0,
         };
-        tracing::info!(
-            local_addr = ?self.local_addr_for_log(),
-            accepted_from_queue = accepted,
-            "closing the listener",
-        );
-        self.watch.inner.accepted_from_queue(accepted);
+        let still_queued = self
+            .listener
+            .as_ref()
+            .and_then(|open| open.listener.queue_len());
+        match still_queued {
+            Some(reset) if reset > 0 => tracing::error!(
+                local_addr = ?self.local_addr_for_log(),
+                accepted_from_queue = accepted,
+                reset,
+                "closing the listener with connections still queued: the kernel resets them",
+            ),
+            _ => tracing::info!(
+                local_addr = ?self.local_addr_for_log(),
+                accepted_from_queue = accepted,
+                "closing the listener",
+            ),
+        }
+        self.watch
+            .inner
+            .listener_drained(accepted, still_queued.unwrap_or(0));
         if let Some(open) = &mut self.listener {
             open.listener.unsteer();
         }

@@ -73,6 +73,14 @@ pub trait DrainableListener: Send + 'static {
     /// `SO_REUSEPORT` group's program). The default does nothing.
     fn unsteer(&mut self) {}
 
+    /// How many connections wait in the queue, if the kernel says: asked
+    /// just before the drained socket closes, since the close resets them.
+    /// The default says nothing (`None`); tokio's `TcpListener` answers on
+    /// Linux.
+    fn queue_len(&self) -> Option<usize> {
+        None
+    }
+
     /// The address the listener is bound to.
     ///
     /// # Errors
@@ -141,6 +149,12 @@ impl DrainableListener for TcpListener {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn unsteer(&mut self) {
         crate::reuseport::unsteer(self);
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn queue_len(&self) -> Option<usize> {
+        use std::os::fd::AsFd;
+        crate::sys::accept_queue_len(self.as_fd()).ok()
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {

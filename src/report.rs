@@ -24,6 +24,11 @@ pub struct DrainReport {
     /// Connections accepted from the kernel's accept queues after the trigger,
     /// which closing the listeners straight away would have reset.
     pub accepted_from_queue: usize,
+    /// Connections still waiting in an accept queue when its listener
+    /// closed, which the kernel reset: the drain could not accept them in
+    /// time (out of file descriptors, say) or they arrived in the instant of
+    /// the close. Counted where the kernel says (TCP on Linux).
+    pub reset_in_queue: usize,
     /// Listeners whose socket another process also held (a successor, or a
     /// service manager): closed without draining, their queue left to it.
     pub listeners_shared: usize,
@@ -60,17 +65,34 @@ impl DrainReport {
     pub fn total(&self) -> Duration {
         self.closing_listeners + self.closing_connections
     }
+
+    /// The drain lost nothing it could see: it was not forced and no
+    /// connection was reset in an accept queue.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let watch = tower_drain::Watch::new();
+    /// watch.trigger();
+    /// let report = watch.drained().await;
+    /// assert!(report.is_clean()); // exit 0 if so, say
+    /// # }
+    /// ```
+    pub fn is_clean(&self) -> bool {
+        self.forced.is_none() && self.reset_in_queue == 0
+    }
 }
 
 impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections forced",
+            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections forced",
             self.total(),
             self.closing_listeners,
             self.closing_connections,
             self.accepted_from_queue,
+            self.reset_in_queue,
             self.listeners_shared,
             self.requests_completed,
             self.requests_aborted,

@@ -490,6 +490,8 @@ pub(crate) struct Inner {
     /// When the newest connection was accepted, in nanoseconds since `epoch`.
     last_accept: AtomicU64,
     accepted_from_queue: AtomicUsize,
+    /// Connections still queued when their listener closed.
+    reset_in_queue: AtomicUsize,
     /// Listeners closed without a drain because another process holds them.
     listeners_shared: AtomicUsize,
     requests_completed: AtomicUsize,
@@ -523,6 +525,7 @@ impl Inner {
             handshaking: AtomicUsize::new(0),
             last_accept: AtomicU64::new(0),
             accepted_from_queue: AtomicUsize::new(0),
+            reset_in_queue: AtomicUsize::new(0),
             listeners_shared: AtomicUsize::new(0),
             requests_completed: AtomicUsize::new(0),
             requests_aborted: AtomicUsize::new(0),
@@ -685,8 +688,12 @@ impl Inner {
         let _ = self.advance(Phase::Draining, Phase::Drained);
         let report = self.build_report(&timeline, Instant::now());
         drop(timeline);
+        if report.reset_in_queue > 0 {
+            tracing::error!(%report, "drain complete, but connections were reset in an accept queue");
+        }
         tracing::info!(
             accepted_from_queue = report.accepted_from_queue,
+            reset_in_queue = report.reset_in_queue,
             listeners_shared = report.listeners_shared,
             requests_completed = report.requests_completed,
             requests_aborted = report.requests_aborted,
@@ -705,6 +712,7 @@ impl Inner {
         let listeners_closed = timeline.listeners_closed.unwrap_or(triggered);
         DrainReport {
             accepted_from_queue: self.accepted_from_queue.load(SeqCst),
+            reset_in_queue: self.reset_in_queue.load(SeqCst),
             listeners_shared: self.listeners_shared.load(SeqCst),
             requests_completed: self.requests_completed.load(SeqCst),
             requests_aborted: self.requests_aborted.load(SeqCst),
@@ -721,8 +729,11 @@ impl Inner {
         self.listeners.fetch_add(1, SeqCst);
     }
 
-    pub(crate) fn accepted_from_queue(&self, connections: usize) {
-        self.accepted_from_queue.fetch_add(connections, SeqCst);
+    /// A listener this process alone held is closing: it accepted
+    /// `accepted` connections from its queue, and `reset` were still queued.
+    pub(crate) fn listener_drained(&self, accepted: usize, reset: usize) {
+        self.accepted_from_queue.fetch_add(accepted, SeqCst);
+        self.reset_in_queue.fetch_add(reset, SeqCst);
     }
 
     pub(crate) fn listener_left_shared(&self) {

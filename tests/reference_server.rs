@@ -127,3 +127,37 @@ async fn out_of_file_descriptors_backs_off_and_recovers() {
     server.signal("TERM");
     assert_eq!(server.exit().await.code(), Some(0));
 }
+
+/// Out of file descriptors at SIGTERM, the drain cannot accept the queued
+/// clients and the close resets them: the report counts each one, the log
+/// says so at error level, and the server exits 1, not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_reset_in_the_queue_are_reported_and_exit_one() {
+    let mut server = Process::start("ulimit -n 48 &&", "").await;
+    let mut clients = Vec::new();
+    for _ in 0..80 {
+        clients.push(connect_and_send(server.addr, &request("/")).await.unwrap());
+    }
+    server
+        .wait_for_log("accept failed; retrying after a pause")
+        .await;
+    server.signal("TERM");
+
+    let mut reset = 0;
+    for mut client in clients {
+        match within("an outcome", read_response(&mut client)).await {
+            Outcome::Reset => reset += 1,
+            outcome => assert!(outcome.is_ok(), "{outcome:?}"),
+        }
+    }
+    assert!(reset > 0, "every client was served: nothing to report");
+    server
+        .wait_for_log("closing the listener with connections still queued")
+        .await;
+    let stopped = server.wait_for_log("stopped").await;
+    assert!(
+        stopped.contains(&format!(" {reset} reset in the queue")),
+        "{reset} reset: {stopped}"
+    );
+    assert_eq!(server.exit().await.code(), Some(1));
+}

@@ -165,7 +165,7 @@ async fn healthz(State(watch): State<Watch>) -> (StatusCode, &'static str) {
 }
 
 /// Serves the app until drained. Exit 0 after a clean drain, 1 after a
-/// forced one or an error.
+/// forced one, one that reset queued connections, or an error.
 pub(crate) async fn serve<L>(listener: L, watch: Watch) -> ExitCode
 where
     L: Listener,
@@ -179,7 +179,7 @@ where
     }
     let report = watch.drained().await;
     tracing::info!(%report, "stopped");
-    if report.forced.is_none() {
+    if report.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
