@@ -109,11 +109,21 @@ impl<I: fmt::Debug> fmt::Debug for TrackedIo<I> {
     }
 }
 
-/// Counts a connection as awaiting its first byte until [`read`](Self::read)
-/// or drop: while any is, [`Watch::shutdown_signal`](crate::Watch::shutdown_signal)
-/// holds back, up to the first-byte grace.
+/// The bytes an HTTP/2 client sends first. hyper-util's automatic protocol
+/// detection (what `axum::serve` uses) reads until the bytes differ from it
+/// or match it whole, and a graceful shutdown before then drops the
+/// connection unanswered.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Counts a connection as awaiting its first byte until the server has read
+/// enough to choose a protocol, or the connection drops: while any is,
+/// [`Watch::shutdown_signal`](crate::Watch::shutdown_signal) holds back, up
+/// to the first-byte grace. Enough is one byte that is not the start of the
+/// HTTP/2 preface, or the whole preface.
 pub(crate) struct FirstByte {
     inner: Option<Arc<Inner>>,
+    /// How many bytes read so far are the start of the HTTP/2 preface.
+    preface: usize,
 }
 
 impl FirstByte {
@@ -121,13 +131,31 @@ impl FirstByte {
         inner.awaiting_first_byte();
         Self {
             inner: Some(inner.clone()),
+            preface: 0,
         }
     }
 
-    /// Notes that the server has read from the connection (data, end of
-    /// stream or an error: it will not drop it unanswered).
+    /// Notes what a read returned: `Some(bytes)` read (empty at the end of
+    /// the stream), or `None` for an error. The end and an error release
+    /// the connection: the server will not drop it unanswered.
     #[inline]
-    pub(crate) fn read(&mut self) {
+    pub(crate) fn read(&mut self, bytes: Option<&[u8]>) {
+        if self.inner.is_none() {
+            return;
+        }
+        if let Some(bytes) = bytes.filter(|b| !b.is_empty()) {
+            let expected = &H2_PREFACE[self.preface..];
+            let n = bytes.len().min(expected.len());
+            if bytes[..n] == expected[..n] && self.preface + n < H2_PREFACE.len() {
+                self.preface += n;
+                return;
+            }
+        }
+        self.release();
+    }
+
+    /// Stops counting the connection as awaiting.
+    fn release(&mut self) {
         if let Some(inner) = self.inner.take() {
             inner.first_byte_read();
         }
@@ -140,7 +168,7 @@ impl FirstByte {
 
 impl Drop for FirstByte {
     fn drop(&mut self) {
-        self.read();
+        self.release();
     }
 }
 
@@ -198,7 +226,7 @@ impl ConnectionToken {
 
 impl Drop for ConnectionToken {
     fn drop(&mut self) {
-        self.first_byte.read();
+        self.first_byte.release();
         self.inner.connection_closed(self.key);
     }
 }
@@ -211,8 +239,10 @@ impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        let before = buf.filled().len();
         let result = ready!(this.token.guard(cx, |cx| this.io.poll_read(cx, buf)));
-        this.token.first_byte.read();
+        let read = result.as_ref().ok().map(|()| &buf.filled()[before..]);
+        this.token.first_byte.read(read);
         Poll::Ready(result)
     }
 }

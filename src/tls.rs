@@ -370,8 +370,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        let before = buf.filled().len();
         let result = ready!(this.stream.poll_read(cx, buf));
-        this.first_byte.read();
+        let read = result.as_ref().ok().map(|()| &buf.filled()[before..]);
+        this.first_byte.read(read);
         Poll::Ready(result)
     }
 }

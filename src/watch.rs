@@ -122,9 +122,11 @@ impl WatchBuilder {
     ///
     /// hyper closes a connection that has not read a byte the moment the
     /// server starts its graceful shutdown, even when the request already
-    /// waits in the kernel. [`Watch::shutdown_signal`] therefore holds back
-    /// until every connection has read its first byte, or until this long
-    /// after the last connection was accepted.
+    /// waits in the kernel, and one whose protocol it has not yet told apart
+    /// (bytes that could still be the start of the HTTP/2 preface, such as
+    /// the `P` of `POST`). [`Watch::shutdown_signal`] therefore holds back
+    /// until every connection has read enough to choose HTTP/1 or HTTP/2, or
+    /// until this long after the last connection was accepted.
     ///
     /// ```
     /// let watch = tower_drain::Watch::builder()

@@ -179,6 +179,29 @@ async fn new_connections_are_refused_after_close() {
     release_and_stop(server, held).await;
 }
 
+/// A request whose first byte could start the HTTP/2 preface (`P` of
+/// `POST`), its rest sent once the listener has closed, is answered: axum's
+/// protocol detection is not cut short by the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_starting_like_the_http2_preface_is_answered() {
+    let listener = bind(localhost(), false);
+    let server = Server::start(listener, Watch::new());
+    let mut client = connect_and_send(server.addr, b"P").await.unwrap();
+    server.watch.trigger();
+    within("listeners to close", server.watch.listeners_closed()).await;
+    client
+        .write_all(b"OST / HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    // `/` has no POST route: the app itself answered.
+    let outcome = within("the response", read_response(&mut client)).await;
+    assert!(
+        matches!(outcome, Outcome::Response { status: 405, .. }),
+        "{outcome:?}"
+    );
+    server.stopped().await;
+}
+
 /// Readiness checks report the drain while the server still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_reports_draining() {

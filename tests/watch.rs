@@ -544,6 +544,32 @@ async fn shutdown_signal_waits_for_the_first_byte() {
     assert!(shutdown_signal.is_ready());
 }
 
+/// Bytes that could still be the start of the HTTP/2 preface do not decide the protocol: `shutdown_signal()` holds back until a byte differs from it (`P`, then `OST`) or the whole preface has been read.
+#[tokio::test]
+async fn shutdown_signal_waits_until_the_protocol_is_decided() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for (first, rest) in [
+        (&b"P"[..], &b"OST / HTTP/1.1\r\n"[..]),
+        (&PREFACE[..23], &PREFACE[23..]),
+    ] {
+        let watch = Watch::builder()
+            .first_byte_grace(Duration::from_secs(3600))
+            .build();
+        let (mut listener, dialer) = listen(&watch);
+        let (mut io, mut client) = connect(&mut listener, &dialer).await;
+        client.write_all(first).await.unwrap();
+        io.read_exact(&mut vec![0; first.len()]).await.unwrap();
+        watch.trigger();
+        drop(listener);
+        let mut shutdown_signal = Probe::new(watch.shutdown_signal().boxed());
+        assert!(!shutdown_signal.is_ready(), "after {first:?}");
+
+        client.write_all(rest).await.unwrap();
+        io.read_exact(&mut vec![0; rest.len()]).await.unwrap();
+        assert!(shutdown_signal.is_ready(), "after {rest:?}");
+    }
+}
+
 /// A connection silent for `first_byte_grace` after its accept stops holding `shutdown_signal()` back, exactly then.
 #[tokio::test(start_paused = true)]
 async fn shutdown_signal_gives_up_on_silent_connections() {
