@@ -202,6 +202,15 @@ async fn request_starting_like_the_http2_preface_is_answered() {
     server.stopped().await;
 }
 
+/// HTTP/2 cleartext (prior knowledge): a stream in flight at the trigger
+/// completes, GOAWAY arrives, and the server stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_stream_in_flight_completes_with_goaway() {
+    let server = Server::start(bind(localhost(), false), Watch::new());
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    h2_stream_in_flight_completes_with_goaway(stream, server).await;
+}
+
 /// Readiness checks report the drain while the server still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_reports_draining() {

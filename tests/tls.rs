@@ -5,8 +5,6 @@ mod common;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use common::*;
-use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -166,37 +164,7 @@ async fn http2_stream_in_flight_completes_with_goaway() {
     let stream = TcpStream::connect(server.addr).await.unwrap();
     let tls_stream = handshake(&tls.connector(&[b"h2"]), stream).await;
     assert_eq!(tls_stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls_stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let in_flight = tokio::spawn(sender.send_request(get_request("/hold")));
-    server.gate.wait_entered(1).await;
-
-    watch.trigger();
-    within("listeners to close", watch.listeners_closed()).await;
-    server.gate.release_all();
-    let response = within("the in-flight stream", in_flight)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.headers().get("connection").is_none(),
-        "no Connection header in HTTP/2"
-    );
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"released");
-
-    // GOAWAY: the connection ends cleanly and takes no new stream.
-    within("the connection to end", conn)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(sender.send_request(get_request("/")).await.is_err());
-    let report = server.stopped().await;
-    assert_eq!(report.forced, None);
+    h2_stream_in_flight_completes_with_goaway(tls_stream, server).await;
 }
 
 /// TLS connections queued in the kernel, their ClientHello sent, when the

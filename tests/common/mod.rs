@@ -289,3 +289,47 @@ pub fn get_request(path: &str) -> hyper::Request<http_body_util::Empty<bytes::By
         .body(http_body_util::Empty::new())
         .unwrap()
 }
+
+/// Over an HTTP/2 connection to `server`: a stream in flight at the trigger
+/// completes (without a `Connection` header), then GOAWAY ends the
+/// connection cleanly and it takes no new stream; the drain is not forced.
+pub async fn h2_stream_in_flight_completes_with_goaway<I>(io: I, server: Server)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let in_flight = tokio::spawn(sender.send_request(get_request("/hold")));
+    server.gate.wait_entered(1).await;
+
+    server.watch.trigger();
+    within("listeners to close", server.watch.listeners_closed()).await;
+    server.gate.release_all();
+    let response = within("the in-flight stream", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("connection").is_none(),
+        "no Connection header in HTTP/2"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"released");
+
+    // GOAWAY: the connection ends cleanly and takes no new stream.
+    within("the connection to end", conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sender.send_request(get_request("/")).await.is_err());
+    let report = server.stopped().await;
+    assert_eq!(report.forced, None);
+    assert_eq!(report.requests_completed, 1);
+}
