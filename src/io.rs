@@ -135,15 +135,16 @@ impl FirstByte {
         }
     }
 
-    /// Notes what a read returned: `Some(bytes)` read (empty at the end of
-    /// the stream), or `None` for an error. The end and an error release
+    /// Notes a finished read: its `result`, and `buf`, whose bytes from
+    /// `before` on it filled. The end of the stream and an error release
     /// the connection: the server will not drop it unanswered.
     #[inline]
-    pub(crate) fn read(&mut self, bytes: Option<&[u8]>) {
+    pub(crate) fn read(&mut self, result: &io::Result<()>, buf: &ReadBuf<'_>, before: usize) {
         if self.inner.is_none() {
             return;
         }
-        if let Some(bytes) = bytes.filter(|b| !b.is_empty()) {
+        let bytes = &buf.filled()[before..];
+        if result.is_ok() && !bytes.is_empty() {
             let expected = &H2_PREFACE[self.preface..];
             let n = bytes.len().min(expected.len());
             if bytes[..n] == expected[..n] && self.preface + n < H2_PREFACE.len() {
@@ -241,8 +242,7 @@ impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
         let this = self.project();
         let before = buf.filled().len();
         let result = ready!(this.token.guard(cx, |cx| this.io.poll_read(cx, buf)));
-        let read = result.as_ref().ok().map(|()| &buf.filled()[before..]);
-        this.token.first_byte.read(read);
+        this.token.first_byte.read(&result, buf, before);
         Poll::Ready(result)
     }
 }

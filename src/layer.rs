@@ -321,16 +321,18 @@ impl<B: Body> Body for DrainBody<B> {
         let this = self.project();
         let mut inner = this.inner;
         let frame = ready!(inner.as_mut().poll_frame(cx));
-        match (&frame, this.token.as_mut()) {
+        let ended = match &frame {
             // hyper drops a body that says it has ended without polling it
             // again: that drop is the end.
-            (Some(Ok(_)), Some(token)) if inner.is_end_stream() => token.ended(),
-            (Some(Ok(_)), _) => {}
-            (None, Some(token)) => {
-                token.ended();
-                this.token.take();
-            }
-            (_, _) => drop(this.token.take()),
+            Some(Ok(_)) => inner.is_end_stream(),
+            None => true,
+            Some(Err(_)) => false,
+        };
+        if let (true, Some(token)) = (ended, this.token.as_mut()) {
+            token.ended();
+        }
+        if !matches!(frame, Some(Ok(_))) {
+            this.token.take();
         }
         Poll::Ready(frame)
     }

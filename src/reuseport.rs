@@ -90,6 +90,9 @@ pub(crate) fn unsteer(listener: &TcpListener) {
 
 /// Finds this socket's index in its group: attach `ret #k`, connect to the
 /// port, see whether the probe lands in this socket's queue.
+///
+/// Runs once per drain and blocks the calling thread: a loopback connect
+/// and up to [`PROBE_WAIT`] for each index below its own.
 fn own_index(listener: &TcpListener, queued: &mut Vec<Queued>) -> io::Result<Option<u32>> {
     let target = reachable(listener.local_addr()?);
     for index in 0..MAX_PROBED_INDEX {

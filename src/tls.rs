@@ -372,8 +372,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<I> {
         let this = self.project();
         let before = buf.filled().len();
         let result = ready!(this.stream.poll_read(cx, buf));
-        let read = result.as_ref().ok().map(|()| &buf.filled()[before..]);
-        this.first_byte.read(read);
+        this.first_byte.read(&result, buf, before);
         Poll::Ready(result)
     }
 }

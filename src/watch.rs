@@ -692,19 +692,19 @@ impl Inner {
         drop(timeline);
         if report.reset_in_queue > 0 {
             tracing::error!(%report, "drain complete, but connections were reset in an accept queue");
+        } else {
+            tracing::info!(
+                accepted_from_queue = report.accepted_from_queue,
+                listeners_shared = report.listeners_shared,
+                requests_completed = report.requests_completed,
+                requests_aborted = report.requests_aborted,
+                connections_forced = report.connections_forced,
+                forced = report.forced,
+                closing_listeners = ?report.closing_listeners,
+                closing_connections = ?report.closing_connections,
+                "drain complete",
+            );
         }
-        tracing::info!(
-            accepted_from_queue = report.accepted_from_queue,
-            reset_in_queue = report.reset_in_queue,
-            listeners_shared = report.listeners_shared,
-            requests_completed = report.requests_completed,
-            requests_aborted = report.requests_aborted,
-            connections_forced = report.connections_forced,
-            forced = report.forced,
-            closing_listeners = ?report.closing_listeners,
-            closing_connections = ?report.closing_connections,
-            "drain complete",
-        );
         let _ = self.report.set(report);
         self.notify.notify_waiters();
     }
@@ -807,9 +807,10 @@ impl Inner {
     pub(crate) fn request_finished(&self, completed: bool) {
         let last = self.requests.fetch_sub(1, SeqCst) == 1;
         if self.is_draining() {
-            let count = match completed {
-                true => &self.requests_completed,
-                false => &self.requests_aborted,
+            let count = if completed {
+                &self.requests_completed
+            } else {
+                &self.requests_aborted
             };
             count.fetch_add(1, SeqCst);
             if last {

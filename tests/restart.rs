@@ -16,29 +16,46 @@ async fn assert_left_and_exited(mut old: Process) {
     assert_eq!(old.exit().await.code(), Some(0));
 }
 
+/// Under load from 6 clients, restarts `server` five times with `restart`,
+/// which returns the successor once the old server has exited; checks that
+/// every request was answered and returns the last server.
+async fn five_restarts_under_load<F, Fut>(mut server: Process, mut restart: F) -> Process
+where
+    F: FnMut(Process) -> Fut,
+    Fut: std::future::Future<Output = Process>,
+{
+    let load = Load::start(server.addr, 6);
+    for _ in 0..5 {
+        load.wait_for(200).await;
+        server = restart(server).await;
+    }
+    load.wait_for(200).await;
+    let sent = load.assert_all_served().await;
+    assert!(sent >= 1200, "{sent}");
+    server
+}
+
 /// Five handoffs in a row under load: every request answered, every old
 /// server exits 0 by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handoff_restarts_under_load_lose_nothing() {
     let path = handoff_path("handoff-load");
     let handoff = format!("--handoff {}", path.display());
-    let mut server = Process::start("", &handoff).await;
-    let addr = server.addr;
-    let load = Load::start(addr, 6);
-    for _ in 0..5 {
-        load.wait_for(200).await;
-        let args = format!("--addr {addr} {handoff}");
-        let mut successor = Process::start_with("", &args, Stdio::null()).await;
-        assert_eq!(successor.addr, addr);
-        successor
-            .wait_for_log("took over from the predecessor")
-            .await;
-        assert_left_and_exited(server).await;
-        server = successor;
-    }
-    load.wait_for(200).await;
-    let sent = load.assert_all_served().await;
-    assert!(sent >= 1200, "{sent}");
+    let server = Process::start("", &handoff).await;
+    let args = format!("--addr {} {handoff}", server.addr);
+    let server = five_restarts_under_load(server, |old| {
+        let args = &args;
+        async move {
+            let mut successor = Process::start_with("", args, Stdio::null()).await;
+            assert_eq!(successor.addr, old.addr);
+            successor
+                .wait_for_log("took over from the predecessor")
+                .await;
+            assert_left_and_exited(old).await;
+            successor
+        }
+    })
+    .await;
     server.signal("TERM");
     assert_eq!(server.exit().await.code(), Some(0));
 }
@@ -48,25 +65,20 @@ async fn handoff_restarts_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_manager_socket_restarts_under_load_lose_nothing() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = held.local_addr().unwrap();
     let start = || async {
         let fd = std::os::fd::OwnedFd::from(held.try_clone().unwrap());
         // `--addr` is ignored: the inherited socket is served.
         Process::start_with(AS_SERVICE_MANAGER, "--addr 127.0.0.1:1", Stdio::from(fd)).await
     };
-    let mut server = start().await;
-    assert_eq!(server.addr, addr);
-    let load = Load::start(addr, 6);
-    for _ in 0..5 {
-        load.wait_for(200).await;
+    let server = start().await;
+    assert_eq!(server.addr, held.local_addr().unwrap());
+    let server = five_restarts_under_load(server, |old| async {
         let successor = start().await;
-        server.signal("TERM");
-        assert_left_and_exited(server).await;
-        server = successor;
-    }
-    load.wait_for(200).await;
-    let sent = load.assert_all_served().await;
-    assert!(sent >= 1200, "{sent}");
+        old.signal("TERM");
+        assert_left_and_exited(old).await;
+        successor
+    })
+    .await;
     server.signal("TERM");
     assert_left_and_exited(server).await;
 }
