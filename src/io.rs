@@ -1,11 +1,17 @@
 //! The connection wrapper: [`TrackedIo`] counts a connection as open until it
-//! is dropped, notes when it reads its first byte, and fails it when the drain
-//! is forced.
+//! is dropped, follows how far the server has read into its first request,
+//! and fails it when the drain closes it.
 
 use std::{
     fmt, io,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{
+            AtomicU8,
+            Ordering::{Acquire, SeqCst},
+        },
+        Arc,
+    },
     task::{ready, Context, Poll},
 };
 
@@ -13,7 +19,7 @@ use futures_util::task::AtomicWaker;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::watch::{ForceSlot, Inner};
+use crate::watch::Inner;
 
 pin_project! {
     /// An accepted connection, as [`GracefulAccept`](crate::GracefulAccept)
@@ -22,9 +28,12 @@ pin_project! {
     /// It forwards every `AsyncRead`/`AsyncWrite` call to the connection and
     /// adds three things: the connection counts in
     /// [`Watch::connections`](crate::Watch::connections) until this value is
-    /// dropped; its first read tells the [`Watch`](crate::Watch) the server
-    /// has started on it; and once the drain is forced every read and write
-    /// fails with [`io::ErrorKind::ConnectionAborted`], so the server drops it.
+    /// dropped; its reads tell the [`Watch`](crate::Watch) when the server
+    /// has chosen a protocol and read its first request head; and once the
+    /// drain closes it (forced, or its head stalled past the
+    /// [`request_head_grace`](crate::WatchBuilder::request_head_grace)),
+    /// every read and write fails with
+    /// [`io::ErrorKind::ConnectionAborted`], so the server drops it.
     ///
     /// ```
     /// use tower_drain::{GracefulAccept, Watch};
@@ -60,6 +69,19 @@ impl<I> TrackedIo<I> {
     /// Wraps a connection that was counted before its `io` existed.
     pub(crate) fn with_token(io: I, token: ConnectionToken) -> Self {
         Self { io, token }
+    }
+
+    /// Marks the connection as carrying TLS records: its first byte is still
+    /// waited for, but the request head is read (and tracked) above it.
+    #[cfg(feature = "rustls")]
+    pub(crate) fn encrypted(&mut self) {
+        self.token.head.stage = Stage::Encrypted;
+    }
+
+    /// The connection's entry in the registry.
+    #[cfg(feature = "rustls")]
+    pub(crate) fn slot(&self) -> &Arc<Slot> {
+        &self.token.slot
     }
 
     /// The wrapped connection.
@@ -104,7 +126,7 @@ impl<I: fmt::Debug> fmt::Debug for TrackedIo<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrackedIo")
             .field("io", &self.io)
-            .field("awaiting_first_byte", &self.token.first_byte.is_awaiting())
+            .field("awaiting_first_byte", &self.token.head.is_awaiting())
             .finish()
     }
 }
@@ -115,61 +137,218 @@ impl<I: fmt::Debug> fmt::Debug for TrackedIo<I> {
 /// connection unanswered.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Counts a connection as awaiting its first byte until the server has read
-/// enough to choose a protocol, or the connection drops: while any is,
-/// [`Watch::shutdown_signal`](crate::Watch::shutdown_signal) holds back, up
-/// to the first-byte grace. Enough is one byte that is not the start of the
-/// HTTP/2 preface, or the whole preface.
-pub(crate) struct FirstByte {
-    inner: Option<Arc<Inner>>,
-    /// How many bytes read so far are the start of the HTTP/2 preface.
-    preface: usize,
+/// How far the server has read into a connection's first request.
+///
+/// Two things a graceful shutdown cannot wait for on its own follow from it:
+/// - until the server has read enough to choose a protocol (one byte that is
+///   not the start of the HTTP/2 preface, or the whole preface), the
+///   connection counts as awaiting its first byte, and
+///   [`Watch::shutdown_signal`](crate::Watch::shutdown_signal) holds back for
+///   it, up to the first-byte grace;
+/// - while an HTTP/1 connection has not delivered its first request head (up
+///   to the blank line that ends it), its [`Slot`] says so, and the drain may
+///   close it after the request-head grace: no request of it has started.
+///
+/// Later requests on a keep-alive connection need no tracking: hyper closes a
+/// connection between requests itself when the graceful shutdown starts.
+pub(crate) struct RequestHead {
+    inner: Arc<Inner>,
+    slot: Arc<Slot>,
+    stage: Stage,
 }
 
-impl FirstByte {
-    pub(crate) fn new(inner: &Arc<Inner>) -> Self {
+enum Stage {
+    /// The bytes are TLS records: only the first one is waited for; the
+    /// [`TlsIo`](crate::TlsIo) above reads the request head.
+    Encrypted,
+    /// No protocol chosen yet: this many bytes of the HTTP/2 preface read.
+    Protocol(usize),
+    /// HTTP/1, reading the first request head.
+    Head(BlankLine),
+    /// The head (or the preface) is complete, or the connection ended.
+    Done,
+}
+
+impl RequestHead {
+    pub(crate) fn new(inner: &Arc<Inner>, slot: Arc<Slot>) -> Self {
         inner.awaiting_first_byte();
         Self {
-            inner: Some(inner.clone()),
-            preface: 0,
+            inner: inner.clone(),
+            slot,
+            stage: Stage::Protocol(0),
         }
     }
 
     /// Notes a finished read: its `result`, and `buf`, whose bytes from
-    /// `before` on it filled. The end of the stream and an error release
-    /// the connection: the server will not drop it unanswered.
+    /// `before` on it filled. The end of the stream (no bytes into a buffer
+    /// with room) and an error end the tracking: the server will not drop
+    /// the connection unanswered.
     #[inline]
     pub(crate) fn read(&mut self, result: &io::Result<()>, buf: &ReadBuf<'_>, before: usize) {
-        if self.inner.is_none() {
+        if matches!(self.stage, Stage::Done) {
             return;
         }
         let bytes = &buf.filled()[before..];
-        if result.is_ok() && !bytes.is_empty() {
-            let expected = &H2_PREFACE[self.preface..];
-            let n = bytes.len().min(expected.len());
-            if bytes[..n] == expected[..n] && self.preface + n < H2_PREFACE.len() {
-                self.preface += n;
-                return;
-            }
+        if result.is_err() || bytes.is_empty() && buf.remaining() > 0 {
+            self.end();
+            return;
         }
-        self.release();
+        match &mut self.stage {
+            Stage::Encrypted => self.end(),
+            Stage::Protocol(matched) => {
+                let matched = *matched;
+                let expected = &H2_PREFACE[matched..];
+                let n = bytes.len().min(expected.len());
+                if bytes[..n] != expected[..n] {
+                    self.inner.first_byte_read();
+                    self.start_head(&H2_PREFACE[..matched], bytes);
+                } else if matched + n < H2_PREFACE.len() {
+                    self.stage = Stage::Protocol(matched + n);
+                } else {
+                    self.end();
+                }
+            }
+            Stage::Head(blank) => {
+                if blank.ends_in(bytes) {
+                    self.slot.head_ended();
+                    self.stage = Stage::Done;
+                }
+            }
+            Stage::Done => {}
+        }
     }
 
-    /// Stops counting the connection as awaiting.
-    fn release(&mut self) {
-        if let Some(inner) = self.inner.take() {
-            inner.first_byte_read();
+    /// HTTP/1 chosen: `read` so far, which may already hold the whole head.
+    fn start_head(&mut self, preface: &[u8], bytes: &[u8]) {
+        let mut blank = BlankLine::default();
+        if blank.ends_in(preface) || blank.ends_in(bytes) {
+            self.stage = Stage::Done;
+        } else {
+            self.stage = Stage::Head(blank);
+            self.inner.head_started(&self.slot);
+        }
+    }
+
+    /// Stops tracking: the connection is past its first head, or gone.
+    fn end(&mut self) {
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Encrypted | Stage::Protocol(_) => self.inner.first_byte_read(),
+            Stage::Head(_) => self.slot.head_ended(),
+            Stage::Done => {}
         }
     }
 
     fn is_awaiting(&self) -> bool {
-        self.inner.is_some()
+        matches!(self.stage, Stage::Encrypted | Stage::Protocol(_))
     }
 }
 
-impl Drop for FirstByte {
+impl Drop for RequestHead {
     fn drop(&mut self) {
-        self.release();
+        self.end();
+    }
+}
+
+/// Finds the blank line that ends an HTTP/1 head (`\r\n\r\n`, or bare
+/// `\n` line ends, which hyper accepts too) across reads.
+#[derive(Default)]
+struct BlankLine {
+    /// 0: inside a line; 1: just after `\n`; 2: after `\n\r`.
+    state: u8,
+}
+
+impl BlankLine {
+    /// Whether the head ends within `bytes`, read after what came before.
+    fn ends_in(&mut self, bytes: &[u8]) -> bool {
+        for &byte in bytes {
+            self.state = match (self.state, byte) {
+                (1 | 2, b'\n') => return true,
+                (_, b'\n') => 1,
+                (1, b'\r') => 2,
+                _ => 0,
+            };
+        }
+        false
+    }
+}
+
+/// A connection's entry in the [`Watch`](crate::Watch)'s registry, shared by
+/// the connection and the drain, through which the drain closes it.
+pub(crate) struct Slot {
+    /// The task last blocked on the connection, woken when it is closed.
+    waker: AtomicWaker,
+    /// `SERVING`, `READING_HEAD`, or one of the closed states, which are
+    /// final. Transitions are compare-exchanges, so a connection whose head
+    /// completes as the drain closes it is either closed or serving, and
+    /// counted once. The waker orders the closing store before the task's
+    /// next check.
+    state: AtomicU8,
+}
+
+const SERVING: u8 = 0;
+const READING_HEAD: u8 = 1;
+const FORCED: u8 = 2;
+const HEAD_CUT_OFF: u8 = 3;
+
+impl Slot {
+    pub(crate) fn new() -> Self {
+        Self {
+            waker: AtomicWaker::new(),
+            state: AtomicU8::new(SERVING),
+        }
+    }
+
+    /// Closes the connection because the drain was forced.
+    pub(crate) fn force(&self) {
+        self.state.store(FORCED, SeqCst);
+        self.waker.wake();
+    }
+
+    /// Closes the connection if it is still reading its first request head,
+    /// and says whether it did.
+    pub(crate) fn cut_off_head(&self) -> bool {
+        let cut = self.transition(READING_HEAD, HEAD_CUT_OFF);
+        if cut {
+            self.waker.wake();
+        }
+        cut
+    }
+
+    /// Marks the first request head as started; false if the connection is
+    /// already closed.
+    pub(crate) fn start_head(&self) -> bool {
+        self.transition(SERVING, READING_HEAD)
+    }
+
+    fn head_ended(&self) {
+        self.transition(READING_HEAD, SERVING);
+    }
+
+    fn transition(&self, from: u8, to: u8) -> bool {
+        // SeqCst: `Inner::head_started` and the drain's sweep form a
+        // store-then-load pair on `state` and the sweep's flag; at least one
+        // of the two sees the other.
+        self.state
+            .compare_exchange(from, to, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// Fails the operation if the drain has closed the connection.
+    #[inline]
+    fn check(&self) -> io::Result<()> {
+        // Acquire pairs with the closing store; the waker orders a close that
+        // lands after a pending poll's first check.
+        match self.state.load(Acquire) {
+            SERVING | READING_HEAD => Ok(()),
+            FORCED => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed: the drain was forced",
+            )),
+            _ => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed: its request head was still incomplete when the request-head grace ran out",
+            )),
+        }
     }
 }
 
@@ -177,49 +356,37 @@ impl Drop for FirstByte {
 pub(crate) struct ConnectionToken {
     inner: Arc<Inner>,
     key: usize,
-    force: ForceSlot,
-    first_byte: FirstByte,
+    slot: Arc<Slot>,
+    head: RequestHead,
 }
 
 impl ConnectionToken {
     pub(crate) fn new(inner: &Arc<Inner>) -> Self {
-        let force = Arc::new(AtomicWaker::new());
-        let key = inner.connection_opened(force.clone());
+        let slot = Arc::new(Slot::new());
+        let key = inner.connection_opened(slot.clone());
         Self {
             inner: inner.clone(),
             key,
-            force,
-            first_byte: FirstByte::new(inner),
+            head: RequestHead::new(inner, slot.clone()),
+            slot,
         }
     }
 
-    /// Fails the operation if the drain is forced.
-    #[inline]
-    fn check_forced(&self) -> io::Result<()> {
-        if self.inner.is_forced() {
-            Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed: the drain was forced",
-            ))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Wraps an inner poll: fails it once forced, and when it is pending,
-    /// registers the task to be woken by a force. The force flag is checked
-    /// after registering, so a force in between cannot be missed.
+    /// Wraps an inner poll: fails it once the drain has closed the
+    /// connection, and when it is pending, registers the task to be woken by
+    /// a close. The state is checked again after registering, so a close in
+    /// between cannot be missed.
     #[inline]
     fn guard<T>(
         &self,
         cx: &mut Context<'_>,
         poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        self.check_forced()?;
+        self.slot.check()?;
         let result = poll(cx);
         if result.is_pending() {
-            self.force.register(cx.waker());
-            self.check_forced()?;
+            self.slot.waker.register(cx.waker());
+            self.slot.check()?;
         }
         result
     }
@@ -227,7 +394,7 @@ impl ConnectionToken {
 
 impl Drop for ConnectionToken {
     fn drop(&mut self) {
-        self.first_byte.release();
+        self.head.end();
         self.inner.connection_closed(self.key);
     }
 }
@@ -242,7 +409,7 @@ impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
         let this = self.project();
         let before = buf.filled().len();
         let result = ready!(this.token.guard(cx, |cx| this.io.poll_read(cx, buf)));
-        this.token.first_byte.read(&result, buf, before);
+        this.token.head.read(&result, buf, before);
         Poll::Ready(result)
     }
 }
@@ -281,5 +448,36 @@ impl<I: AsyncWrite> AsyncWrite for TrackedIo<I> {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::Watch;
+
+    /// Reads `bytes` through a tracked connection, encrypted or not, and
+    /// says whether the drain could then cut off its request head.
+    async fn head_pending_after(bytes: &[u8], encrypted: bool) -> bool {
+        let watch = Watch::new();
+        let (mut client, server) = duplex(64);
+        let mut io = TrackedIo::new(server, &watch.inner);
+        if encrypted {
+            io.encrypted();
+        }
+        client.write_all(bytes).await.unwrap();
+        io.read_exact(&mut vec![0; bytes.len()]).await.unwrap();
+        io.token.slot.cut_off_head()
+    }
+
+    /// The bytes under TLS are records, not a request head: only the
+    /// decrypted stream above them is tracked.
+    #[tokio::test]
+    async fn encrypted_bytes_never_start_a_request_head() {
+        let record = b"\x17\x03\x03\x00\x09GET / HTT";
+        assert!(head_pending_after(record, false).await);
+        assert!(!head_pending_after(record, true).await);
     }
 }

@@ -29,6 +29,11 @@ pub struct DrainReport {
     /// time (out of file descriptors, say) or they arrived in the instant of
     /// the close. Counted where the kernel says (TCP on Linux).
     pub reset_in_queue: usize,
+    /// Connections closed because their first request head was still
+    /// incomplete when the
+    /// [`request_head_grace`](crate::WatchBuilder::request_head_grace) ran
+    /// out: no request of theirs had started.
+    pub heads_cut_off: usize,
     /// Listeners whose socket another process also held (a successor, or a
     /// service manager): closed without draining, their queue left to it.
     pub listeners_shared: usize,
@@ -87,7 +92,7 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections forced",
+            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} connections forced",
             self.total(),
             self.closing_listeners,
             self.closing_connections,
@@ -96,6 +101,7 @@ impl fmt::Display for DrainReport {
             self.listeners_shared,
             self.requests_completed,
             self.requests_aborted,
+            self.heads_cut_off,
             self.connections_forced,
         )?;
         match self.forced {

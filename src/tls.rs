@@ -18,7 +18,7 @@ use tokio::{
 use tokio_rustls::{rustls::ServerConfig, server::TlsStream, TlsAcceptor};
 
 use crate::{
-    io::FirstByte,
+    io::RequestHead,
     watch::{Inner, Watch},
     DrainableListener, GracefulAccept, TrackedIo,
 };
@@ -238,7 +238,8 @@ impl<L: DrainableListener> TlsAccept<L> {
         }
     }
 
-    fn start_handshake(&mut self, io: TrackedIo<L::Io>, addr: L::Addr) {
+    fn start_handshake(&mut self, mut io: TrackedIo<L::Io>, addr: L::Addr) {
+        io.encrypted();
         let handshake = Handshake::new(&self.listener.watch().inner);
         let accept = self.acceptor.accept(io).into_fallible();
         let timeout = self.handshake_timeout;
@@ -318,7 +319,8 @@ impl Drop for Handshake {
 pin_project! {
     /// A TLS connection as [`TlsAccept`] hands it to the server: the stream,
     /// which counts as awaiting its first byte until the server reads
-    /// decrypted application data from it.
+    /// decrypted application data from it, and whose first request head is
+    /// followed in that data.
     ///
     /// ```
     /// fn alpn<I>(io: &tower_drain::TlsIo<I>) -> Option<&[u8]> {
@@ -329,15 +331,16 @@ pin_project! {
     pub struct TlsIo<I> {
         #[pin]
         stream: TlsStream<TrackedIo<I>>,
-        first_byte: FirstByte,
+        head: RequestHead,
     }
 }
 
 impl<I> TlsIo<I> {
     fn new(stream: TlsStream<TrackedIo<I>>, inner: &Arc<Inner>) -> Self {
+        let slot = stream.get_ref().0.slot().clone();
         Self {
             stream,
-            first_byte: FirstByte::new(inner),
+            head: RequestHead::new(inner, slot),
         }
     }
 
@@ -372,7 +375,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<I> {
         let this = self.project();
         let before = buf.filled().len();
         let result = ready!(this.stream.poll_read(cx, buf));
-        this.first_byte.read(&result, buf, before);
+        this.head.read(&result, buf, before);
         Poll::Ready(result)
     }
 }

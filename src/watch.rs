@@ -13,17 +13,16 @@ use std::{
     fmt,
     future::Future,
     sync::{
-        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst},
         Arc, Mutex, MutexGuard, OnceLock,
     },
     time::Duration,
 };
 
-use futures_util::task::AtomicWaker;
 use slab::Slab;
 use tokio::{runtime::Handle, sync::Notify, time::Instant};
 
-use crate::report::DrainReport;
+use crate::{io::Slot, report::DrainReport};
 
 /// Default [`WatchBuilder::grace`]: how long the drain may take before it is forced.
 ///
@@ -38,6 +37,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// assert_eq!(tower_drain::DEFAULT_FIRST_BYTE_GRACE.as_secs(), 1);
 /// ```
 pub const DEFAULT_FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
+
+/// Default [`WatchBuilder::request_head_grace`].
+const DEFAULT_REQUEST_HEAD_GRACE: Duration = Duration::from_secs(2);
 
 /// Where a drain stands. Phases only move forward:
 /// `Running → Draining → Drained`, or `Draining → Forced`.
@@ -93,6 +95,7 @@ impl Phase {
 pub struct WatchBuilder {
     grace: Duration,
     first_byte_grace: Duration,
+    request_head_grace: Duration,
 }
 
 impl Default for WatchBuilder {
@@ -100,6 +103,7 @@ impl Default for WatchBuilder {
         Self {
             grace: DEFAULT_GRACE,
             first_byte_grace: DEFAULT_FIRST_BYTE_GRACE,
+            request_head_grace: DEFAULT_REQUEST_HEAD_GRACE,
         }
     }
 }
@@ -136,6 +140,29 @@ impl WatchBuilder {
     /// ```
     pub fn first_byte_grace(mut self, grace: Duration) -> Self {
         self.first_byte_grace = grace;
+        self
+    }
+
+    /// How long into the drain an HTTP/1 connection may take to deliver its
+    /// first request head before the drain closes it. Default 2 s.
+    ///
+    /// A connection that has sent part of a request head (`GET / HTT`) and
+    /// stalls would otherwise hold the drain until the deadline. No request
+    /// of it has started, so closing it loses nothing, and it does not count
+    /// as forced: [`DrainReport::heads_cut_off`](crate::DrainReport::heads_cut_off)
+    /// counts it. The grace runs from the trigger, or from the last accepted
+    /// connection if that is later. A grace as long as the
+    /// [`grace`](WatchBuilder::grace) switches this off, for a server behind
+    /// [`GracefulAccept`](crate::GracefulAccept) whose protocol is not HTTP.
+    ///
+    /// ```
+    /// let watch = tower_drain::Watch::builder()
+    ///     .request_head_grace(std::time::Duration::from_secs(5))
+    ///     .build();
+    /// # drop(watch);
+    /// ```
+    pub fn request_head_grace(mut self, grace: Duration) -> Self {
+        self.request_head_grace = grace;
         self
     }
 
@@ -476,9 +503,6 @@ impl Watch {
     }
 }
 
-/// A connection's slot in the registry the force wakes up.
-pub(crate) type ForceSlot = Arc<AtomicWaker>;
-
 /// The shared state behind every clone of a [`Watch`].
 pub(crate) struct Inner {
     config: WatchBuilder,
@@ -498,8 +522,13 @@ pub(crate) struct Inner {
     listeners_shared: AtomicUsize,
     requests_completed: AtomicUsize,
     requests_aborted: AtomicUsize,
-    /// One waker per open connection, woken when the drain is forced.
-    connections: Mutex<Slab<ForceSlot>>,
+    /// Every open connection, through which the drain closes it.
+    connections: Mutex<Slab<Arc<Slot>>>,
+    /// Set once the request-head grace has run out: a connection that
+    /// starts its first request head from then on is closed at once.
+    heads_expired: AtomicBool,
+    /// Connections closed with their first request head incomplete.
+    heads_cut_off: AtomicUsize,
     /// Woken on every change a waiter may be waiting for.
     notify: Notify,
     timeline: Mutex<Timeline>,
@@ -532,6 +561,8 @@ impl Inner {
             requests_completed: AtomicUsize::new(0),
             requests_aborted: AtomicUsize::new(0),
             connections: Mutex::new(Slab::new()),
+            heads_expired: AtomicBool::new(false),
+            heads_cut_off: AtomicUsize::new(0),
             notify: Notify::new(),
             timeline: Mutex::default(),
             report: OnceLock::new(),
@@ -611,11 +642,41 @@ impl Inner {
         }
     }
 
+    /// Once no connection can be accepted any more and the request-head
+    /// grace has run out, closes every connection still reading its first
+    /// request head.
+    async fn cut_off_stalled_heads(&self) {
+        self.wait_until(Self::listeners_closed).await;
+        let triggered = self.lock_timeline().triggered.unwrap_or_else(Instant::now);
+        loop {
+            let until = triggered.max(self.last_accept()) + self.config.request_head_grace;
+            if Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+        // See `head_started` for why SeqCst.
+        self.heads_expired.store(true, SeqCst);
+        let cut = self
+            .lock_connections()
+            .iter()
+            .filter(|(_, slot)| slot.cut_off_head())
+            .count();
+        if cut > 0 {
+            self.heads_cut_off.fetch_add(cut, SeqCst);
+            tracing::info!(
+                connections = cut,
+                grace = ?self.config.request_head_grace,
+                "closed connections whose first request head was still incomplete",
+            );
+        }
+    }
+
     fn last_accept(&self) -> Instant {
         self.epoch + Duration::from_nanos(self.last_accept.load(SeqCst))
     }
 
-    fn lock_connections(&self) -> MutexGuard<'_, Slab<ForceSlot>> {
+    fn lock_connections(&self) -> MutexGuard<'_, Slab<Arc<Slot>>> {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -640,10 +701,18 @@ impl Inner {
         };
         // Counted from the trigger, not from when the task first runs.
         let deadline = Instant::now() + self.config.grace;
+        let cuts_heads = self.config.request_head_grace < self.config.grace;
         runtime.spawn(async move {
+            let cut_off_heads = async {
+                if cuts_heads {
+                    watch.inner.cut_off_stalled_heads().await;
+                }
+                std::future::pending::<()>().await;
+            };
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => watch.inner.force("deadline"),
                 _ = watch.drained() => {}
+                () = cut_off_heads => {}
             }
         });
     }
@@ -666,7 +735,7 @@ impl Inner {
             "drain forced; closing every open connection",
         );
         for (_, slot) in connections.iter() {
-            slot.wake();
+            slot.force();
         }
         drop(connections);
         self.changed();
@@ -696,6 +765,7 @@ impl Inner {
             tracing::info!(
                 accepted_from_queue = report.accepted_from_queue,
                 listeners_shared = report.listeners_shared,
+                heads_cut_off = report.heads_cut_off,
                 requests_completed = report.requests_completed,
                 requests_aborted = report.requests_aborted,
                 connections_forced = report.connections_forced,
@@ -715,6 +785,7 @@ impl Inner {
         DrainReport {
             accepted_from_queue: self.accepted_from_queue.load(SeqCst),
             reset_in_queue: self.reset_in_queue.load(SeqCst),
+            heads_cut_off: self.heads_cut_off.load(SeqCst),
             listeners_shared: self.listeners_shared.load(SeqCst),
             requests_completed: self.requests_completed.load(SeqCst),
             requests_aborted: self.requests_aborted.load(SeqCst),
@@ -758,8 +829,25 @@ impl Inner {
         self.changed();
     }
 
-    pub(crate) fn connection_opened(&self, slot: ForceSlot) -> usize {
-        self.lock_connections().insert(slot)
+    pub(crate) fn connection_opened(&self, slot: Arc<Slot>) -> usize {
+        let mut connections = self.lock_connections();
+        // `force` changes the phase before it takes this lock: a connection
+        // registered after it went through the registry sees the phase here.
+        if self.is_forced() {
+            slot.force();
+        }
+        connections.insert(slot)
+    }
+
+    /// `slot`'s connection started its first request head (HTTP/1).
+    pub(crate) fn head_started(&self, slot: &Slot) {
+        // The store in `start_head` and this load pair with the sweep's
+        // store of `heads_expired` and its compare-exchange on every slot
+        // (all SeqCst): a head that starts during the sweep is cut off by one
+        // of the two, and counted once.
+        if slot.start_head() && self.heads_expired.load(SeqCst) && slot.cut_off_head() {
+            self.heads_cut_off.fetch_add(1, SeqCst);
+        }
     }
 
     /// A connection was handed to the server and has not been read yet.

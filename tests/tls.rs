@@ -154,6 +154,45 @@ async fn silent_client_is_closed_at_the_handshake_timeout() {
     );
 }
 
+/// A client that stalls inside its first request head holds the drain no
+/// longer than the request-head grace, and the drain is not forced;
+/// requests in flight on other connections (their heads read through TLS,
+/// not from the encrypted bytes) outlive the grace and are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_head_is_closed_after_its_grace() {
+    const HELD: usize = 8;
+    let tls = Tls::new();
+    let watch = Watch::builder()
+        .grace(Duration::from_secs(3600))
+        .request_head_grace(Duration::from_millis(200))
+        .build();
+    let server = tls.start(&watch, Duration::from_secs(3600));
+    let connector = tls.connector(&[b"http/1.1"]);
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        let mut tls_stream =
+            handshake(&connector, TcpStream::connect(server.addr).await.unwrap()).await;
+        tls_stream.write_all(&request("/hold")).await.unwrap();
+        held.push(tls_stream);
+    }
+    server.gate.wait_entered(HELD as u32).await;
+    let mut stalled = handshake(&connector, TcpStream::connect(server.addr).await.unwrap()).await;
+    stalled.write_all(b"GET / HTT").await.unwrap();
+
+    watch.trigger();
+    let outcome = within("the close", read_response(&mut stalled)).await;
+    assert_ne!(outcome, Outcome::Reset);
+    server.gate.release_all();
+    for mut tls_stream in held {
+        let outcome = within("the answer", read_response(&mut tls_stream)).await;
+        assert_eq!(outcome, served_and_closed());
+    }
+    let report = server.stopped().await;
+    assert_eq!(report.heads_cut_off, 1);
+    assert_eq!(report.requests_completed, HELD);
+    assert_eq!(report.forced, None);
+}
+
 /// HTTP/2 over TLS: a stream in flight at the drain completes, and the
 /// client is told to go away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -591,6 +591,71 @@ async fn shutdown_signal_gives_up_on_silent_connections() {
     assert_eq!(accepted.elapsed(), FIRST_BYTE_GRACE);
 }
 
+/// A connection that delivered part of its first request head and stalled is closed `request_head_grace` after the trigger, exactly then, and counted apart from forced ones; connections whose head is complete (`\r\n` or bare `\n` line ends, split across reads, or the HTTP/2 preface) stay open.
+#[tokio::test(start_paused = true)]
+async fn stalled_request_head_is_cut_off_after_its_grace() {
+    const HEAD_GRACE: Duration = Duration::from_secs(2);
+    let watch = Watch::builder().request_head_grace(HEAD_GRACE).build();
+    let (mut listener, dialer) = listen(&watch);
+    let mut complete = Vec::new();
+    for parts in [
+        &[&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]][..],
+        &[b"GET / HTTP/1.0\n\n"],
+        &[b"GET / HTTP/1.1\r\nHost: a\r\n\r", b"\n"],
+        &[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
+    ] {
+        let (mut io, mut client) = connect(&mut listener, &dialer).await;
+        for part in parts {
+            client.write_all(part).await.unwrap();
+            io.read_exact(&mut vec![0; part.len()]).await.unwrap();
+        }
+        complete.push((tokio::spawn(read_error(io)), client));
+    }
+    let (mut io, mut client) = connect(&mut listener, &dialer).await;
+    client.write_all(b"GET / HTT").await.unwrap();
+    io.read_exact(&mut [0; 9]).await.unwrap();
+
+    let triggered = Instant::now();
+    watch.trigger();
+    drop(listener);
+    let stalled = tokio::spawn(read_error(io));
+    tokio::time::sleep_until(triggered + HEAD_GRACE - TICK).await;
+    assert!(!stalled.is_finished());
+    let (kind, at) = within("the head grace", stalled).await.unwrap();
+    assert_eq!(kind, io::ErrorKind::ConnectionAborted);
+    assert_eq!(at, triggered + HEAD_GRACE);
+    for (read, _client) in &complete {
+        assert!(!read.is_finished(), "a complete head was cut off");
+    }
+
+    for (read, _client) in complete {
+        read.abort();
+    }
+    let report = within("the drain", watch.drained()).await;
+    assert_eq!(report.heads_cut_off, 1);
+    assert_eq!(report.forced, None);
+}
+
+/// A connection that starts its first request head after the head grace has run out is closed at once.
+#[tokio::test(start_paused = true)]
+async fn request_head_started_after_its_grace_is_cut_off_at_once() {
+    const HEAD_GRACE: Duration = Duration::from_secs(2);
+    let watch = Watch::builder().request_head_grace(HEAD_GRACE).build();
+    let (mut listener, dialer) = listen(&watch);
+    let (mut io, mut client) = connect(&mut listener, &dialer).await;
+    watch.trigger();
+    drop(listener);
+    tokio::time::sleep(HEAD_GRACE + TICK).await;
+
+    client.write_all(b"GE").await.unwrap();
+    io.read_exact(&mut [0; 2]).await.unwrap();
+    let (kind, _) = read_error(io).await;
+    assert_eq!(kind, io::ErrorKind::ConnectionAborted);
+    let report = within("the drain", watch.drained()).await;
+    assert_eq!(report.heads_cut_off, 1);
+    assert_eq!(report.forced, None);
+}
+
 // ----- cancel safety and lost wake-ups -----
 
 /// `draining()` dropped mid-wait: a new one still sees the trigger.
