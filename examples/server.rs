@@ -1,12 +1,17 @@
 //! The reference server: an axum app that loses no connection when it stops.
 //!
 //! ```text
-//! cargo run --release --example server -- [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS]
+//! cargo run --release --example server -- [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS]
 //! ```
 //!
 //! Routes: `GET /` answers `hello`; `GET /slow?ms=N` answers after N
-//! milliseconds; `GET /healthz` answers 200 while running and 503 once
-//! draining. SIGTERM, SIGINT or SIGHUP drains, a second one forces. Each
+//! milliseconds; `GET /healthz` answers 200 while running and 503 (with
+//! `Retry-After`) from the signal on; `GET /events` sends server-sent events
+//! (`data: tick N` every 100 ms) and, when the drain starts, `event: close`
+//! then ends; `GET /ws` echoes WebSocket messages and, when the drain
+//! starts, sends Close 1001 and waits for the client's answer. SIGTERM,
+//! SIGINT or SIGHUP drains (after the `--lame-duck` period, during which
+//! everything is served but `/healthz`), a second one forces. Each
 //! phase and the final report are logged to stderr (`RUST_LOG` is
 //! respected). Exits 0 after a clean drain, 1 after a forced one, one that
 //! reset queued connections, or an error, 2 on bad input
@@ -23,13 +28,16 @@ mod reference;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: server [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS]
+usage: server [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS]
 
   --addr ADDR     address to listen on (default 127.0.0.1:3000)
   --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
   --handoff PATH  take the socket over from the server listening on PATH,
                   and listen there to hand it to a successor
-  --grace SECS    hard deadline for the drain, in seconds (default 30)";
+  --grace SECS    hard deadline for the drain, in seconds (default 30)
+  --lame-duck SECS
+                  after the signal, report not ready (503 on /healthz) but
+                  go on serving for this long before draining (default 0)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -40,7 +48,7 @@ async fn main() -> ExitCode {
     reference::init_tracing();
     let watch = match reference::watch(&options) {
         Ok(watch) => watch,
-        Err(message) => return reference::fail(message),
+        Err(code) => return code,
     };
     match reference::listen(&options, &watch).await {
         Ok(listener) => reference::serve(listener, watch).await,

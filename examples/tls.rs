@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --features rustls --example tls -- \
-//!     [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--cert CERT.pem --key KEY.pem]
+//!     [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--cert CERT.pem --key KEY.pem]
 //! ```
 //!
 //! Without `--cert`/`--key` it makes a self-signed certificate for
@@ -27,13 +27,16 @@ use tokio_rustls::rustls::{
 use tower_drain::TlsAccept;
 
 const USAGE: &str = "\
-usage: tls [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--cert CERT.pem --key KEY.pem]
+usage: tls [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--cert CERT.pem --key KEY.pem]
 
   --addr ADDR     address to listen on (default 127.0.0.1:3443)
   --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
   --handoff PATH  take the socket over from the server listening on PATH,
                   and listen there to hand it to a successor
   --grace SECS    hard deadline for the drain, in seconds (default 30)
+  --lame-duck SECS
+                  after the signal, report not ready (503 on /healthz) but
+                  go on serving for this long before draining (default 0)
   --cert FILE     PEM certificate chain (with --key; default: self-signed for localhost)
   --key FILE      PEM private key";
 
@@ -61,7 +64,7 @@ async fn main() -> ExitCode {
     reference::init_tracing();
     let watch = match reference::watch(&options) {
         Ok(watch) => watch,
-        Err(message) => return reference::fail(message),
+        Err(code) => return code,
     };
     let listener = match reference::listen(&options, &watch).await {
         Ok(listener) => listener,

@@ -72,10 +72,12 @@ impl<I> TrackedIo<I> {
     }
 
     /// Marks the connection as carrying TLS records: its first byte is still
-    /// waited for, but the request head is read (and tracked) above it.
+    /// waited for, the drain may close it while it has received none, and
+    /// the request head is read (and tracked) above it.
     #[cfg(feature = "rustls")]
     pub(crate) fn encrypted(&mut self) {
         self.token.head.stage = Stage::Encrypted;
+        self.token.slot.transition(SERVING, SILENT);
     }
 
     /// The connection's entry in the registry.
@@ -232,7 +234,11 @@ impl RequestHead {
     /// Stops tracking: the connection is past its first head, or gone.
     fn end(&mut self) {
         match std::mem::replace(&mut self.stage, Stage::Done) {
-            Stage::Encrypted | Stage::Protocol(_) => self.inner.first_byte_read(),
+            Stage::Encrypted => {
+                self.slot.first_byte_received();
+                self.inner.first_byte_read();
+            }
+            Stage::Protocol(_) => self.inner.first_byte_read(),
             Stage::Head(_) => self.slot.head_ended(),
             Stage::Done => {}
         }
@@ -277,18 +283,22 @@ impl BlankLine {
 pub(crate) struct Slot {
     /// The task last blocked on the connection, woken when it is closed.
     waker: AtomicWaker,
-    /// `SERVING`, `READING_HEAD`, or one of the closed states, which are
-    /// final. Transitions are compare-exchanges, so a connection whose head
-    /// completes as the drain closes it is either closed or serving, and
-    /// counted once. The waker orders the closing store before the task's
-    /// next check.
+    /// `SILENT`, `SERVING`, `READING_HEAD`, or one of the closed states,
+    /// which are final. Transitions are compare-exchanges, so a connection
+    /// whose head completes as the drain closes it is either closed or
+    /// serving, and counted once. The waker orders the closing store before
+    /// the task's next check.
     state: AtomicU8,
 }
 
-const SERVING: u8 = 0;
-const READING_HEAD: u8 = 1;
-const FORCED: u8 = 2;
-const HEAD_CUT_OFF: u8 = 3;
+/// A TLS connection that has not received a byte: nothing to lose.
+const SILENT: u8 = 0;
+const SERVING: u8 = 1;
+/// An HTTP/1 connection reading its first request head.
+const READING_HEAD: u8 = 2;
+const FORCED: u8 = 3;
+const HEAD_CUT_OFF: u8 = 4;
+const SILENCE_CUT_OFF: u8 = 5;
 
 impl Slot {
     pub(crate) fn new() -> Self {
@@ -307,7 +317,17 @@ impl Slot {
     /// Closes the connection if it is still reading its first request head,
     /// and says whether it did.
     pub(crate) fn cut_off_head(&self) -> bool {
-        let cut = self.transition(READING_HEAD, HEAD_CUT_OFF);
+        self.cut_off(READING_HEAD, HEAD_CUT_OFF)
+    }
+
+    /// Closes the connection if it is a TLS connection that has not
+    /// received a byte, and says whether it did.
+    pub(crate) fn cut_off_silence(&self) -> bool {
+        self.cut_off(SILENT, SILENCE_CUT_OFF)
+    }
+
+    fn cut_off(&self, from: u8, to: u8) -> bool {
+        let cut = self.transition(from, to);
         if cut {
             self.waker.wake();
         }
@@ -322,6 +342,10 @@ impl Slot {
 
     fn head_ended(&self) {
         self.transition(READING_HEAD, SERVING);
+    }
+
+    fn first_byte_received(&self) {
+        self.transition(SILENT, SERVING);
     }
 
     fn transition(&self, from: u8, to: u8) -> bool {
@@ -339,17 +363,23 @@ impl Slot {
         // Acquire pairs with the closing store; the waker orders a close that
         // lands after a pending poll's first check.
         match self.state.load(Acquire) {
-            SERVING | READING_HEAD => Ok(()),
-            FORCED => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed: the drain was forced",
+            SILENT | SERVING | READING_HEAD => Ok(()),
+            FORCED => Err(closed("the drain was forced")),
+            HEAD_CUT_OFF => Err(closed(
+                "its request head was still incomplete when the request-head grace ran out",
             )),
-            _ => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed: its request head was still incomplete when the request-head grace ran out",
+            _ => Err(closed(
+                "it was still silent when the first-byte grace ran out",
             )),
         }
     }
+}
+
+fn closed(why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        format!("connection closed by the drain: {why}"),
+    )
 }
 
 /// A connection's registration with the [`Watch`](crate::Watch), released on drop.

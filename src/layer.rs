@@ -255,7 +255,7 @@ where
         let mut response = result?;
         if *this.may_close
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
-            && token.inner.is_draining()
+            && token.inner.is_triggered()
         {
             response
                 .headers_mut()

@@ -6,7 +6,7 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<()> {
-//!     let watch = Watch::new(); // or Watch::builder().grace(..).build()
+//!     let watch = Watch::new(); // or Watch::builder().grace(..).build()?
 //!     watch.trigger_on_signals()?; // SIGTERM/SIGINT/SIGHUP drains, a second one forces
 //!
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -79,6 +79,7 @@ mod handoff;
 mod io;
 mod layer;
 mod listener;
+mod readiness;
 mod report;
 #[cfg(unix)]
 pub mod restart;
@@ -86,6 +87,7 @@ pub mod restart;
 mod reuseport;
 mod shared;
 mod signal;
+mod stream;
 #[cfg(unix)]
 mod sys;
 #[cfg(feature = "rustls")]
@@ -100,7 +102,11 @@ pub use crate::axum::MissingWatch;
 pub use crate::io::TrackedIo;
 pub use crate::layer::{DrainBody, DrainLayer, DrainService, ResponseFuture};
 pub use crate::listener::DrainableListener;
+pub use crate::readiness::Readiness;
 pub use crate::report::DrainReport;
+pub use crate::stream::EndOnDrain;
 #[cfg(feature = "rustls")]
 pub use crate::tls::{TlsAccept, TlsIo, DEFAULT_HANDSHAKE_TIMEOUT};
-pub use crate::watch::{Phase, Watch, WatchBuilder, DEFAULT_FIRST_BYTE_GRACE, DEFAULT_GRACE};
+pub use crate::watch::{
+    ConfigError, Phase, Watch, WatchBuilder, DEFAULT_FIRST_BYTE_GRACE, DEFAULT_GRACE,
+};

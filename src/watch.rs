@@ -42,7 +42,8 @@ pub const DEFAULT_FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
 const DEFAULT_REQUEST_HEAD_GRACE: Duration = Duration::from_secs(2);
 
 /// Where a drain stands. Phases only move forward:
-/// `Running → Draining → Drained`, or `Draining → Forced`.
+/// `Running → (LameDuck →) Draining → Drained`, or to `Forced` from
+/// `LameDuck` or `Draining`.
 ///
 /// ```
 /// use tower_drain::{Phase, Watch};
@@ -56,7 +57,12 @@ const DEFAULT_REQUEST_HEAD_GRACE: Duration = Duration::from_secs(2);
 pub enum Phase {
     /// Serving normally; nothing has triggered the drain.
     Running,
-    /// Triggered: listeners drain their accept queues and close, in-flight
+    /// Triggered, during the [`lame_duck`](WatchBuilder::lame_duck) period:
+    /// readiness reports unhealthy so load balancers stop routing here, but
+    /// listeners keep accepting and requests are served as before, HTTP/1
+    /// responses with `Connection: close`.
+    LameDuck,
+    /// Triggered, and the lame duck period (if any) over: listeners drain their accept queues and close, in-flight
     /// requests finish, HTTP/1 responses carry `Connection: close`.
     Draining,
     /// Every listener, connection and request is gone; the drain ended cleanly.
@@ -71,8 +77,9 @@ impl Phase {
     fn from_u8(value: u8) -> Self {
         match value {
             0 => Phase::Running,
-            1 => Phase::Draining,
-            2 => Phase::Drained,
+            1 => Phase::LameDuck,
+            2 => Phase::Draining,
+            3 => Phase::Drained,
             _ => Phase::Forced,
         }
     }
@@ -86,14 +93,17 @@ impl Phase {
 ///
 /// let watch = Watch::builder()
 ///     .grace(Duration::from_secs(10))
+///     .lame_duck(Duration::from_secs(3))
 ///     .first_byte_grace(Duration::from_millis(500))
-///     .build();
+///     .build()?;
 /// assert_eq!(watch.grace(), Duration::from_secs(10));
+/// # Ok::<(), tower_drain::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct WatchBuilder {
     grace: Duration,
+    lame_duck: Duration,
     first_byte_grace: Duration,
     request_head_grace: Duration,
 }
@@ -102,6 +112,7 @@ impl Default for WatchBuilder {
     fn default() -> Self {
         Self {
             grace: DEFAULT_GRACE,
+            lame_duck: Duration::ZERO,
             first_byte_grace: DEFAULT_FIRST_BYTE_GRACE,
             request_head_grace: DEFAULT_REQUEST_HEAD_GRACE,
         }
@@ -111,13 +122,26 @@ impl Default for WatchBuilder {
 impl WatchBuilder {
     /// The hard deadline, counted from the trigger: whatever is still open
     /// then is forced closed. Default 30 s.
-    ///
-    /// ```
-    /// let watch = tower_drain::Watch::builder().grace(std::time::Duration::from_secs(5)).build();
-    /// assert_eq!(watch.grace().as_secs(), 5);
-    /// ```
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// How long the server goes on serving normally after the trigger while
+    /// readiness already reports unhealthy, so that load balancers stop
+    /// routing to it before it stops accepting. Default zero.
+    ///
+    /// Endpoint removal takes from under a second to many seconds to reach
+    /// kube-proxy, ingress controllers and meshes; during that time they
+    /// still send new connections. Through the period, [`Watch::is_ready`]
+    /// is `false` (and [`Readiness`](crate::Readiness) answers 503), every
+    /// listener keeps accepting, and HTTP/1 responses carry
+    /// `Connection: close` so that keep-alive clients reconnect through the
+    /// load balancer. Then the drain runs as usual. The
+    /// [`grace`](WatchBuilder::grace) still counts from the trigger and must
+    /// be longer; a second trigger during the period forces.
+    pub fn lame_duck(mut self, period: Duration) -> Self {
+        self.lame_duck = period;
         self
     }
 
@@ -130,14 +154,9 @@ impl WatchBuilder {
     /// (bytes that could still be the start of the HTTP/2 preface, such as
     /// the `P` of `POST`). [`Watch::shutdown_signal`] therefore holds back
     /// until every connection has read enough to choose HTTP/1 or HTTP/2, or
-    /// until this long after the last connection was accepted.
-    ///
-    /// ```
-    /// let watch = tower_drain::Watch::builder()
-    ///     .first_byte_grace(std::time::Duration::from_millis(250))
-    ///     .build();
-    /// # drop(watch);
-    /// ```
+    /// until this long after the last connection was accepted. During the
+    /// drain, TLS connections that have not received a byte by then are
+    /// closed: their handshake would otherwise hold the drain.
     pub fn first_byte_grace(mut self, grace: Duration) -> Self {
         self.first_byte_grace = grace;
         self
@@ -150,34 +169,66 @@ impl WatchBuilder {
     /// stalls would otherwise hold the drain until the deadline. No request
     /// of it has started, so closing it loses nothing, and it does not count
     /// as forced: [`DrainReport::heads_cut_off`](crate::DrainReport::heads_cut_off)
-    /// counts it. The grace runs from the trigger, or from the last accepted
-    /// connection if that is later. A grace as long as the
+    /// counts it. The grace runs from the start of the drain, or from the
+    /// last accepted connection if that is later. A grace as long as the
     /// [`grace`](WatchBuilder::grace) switches this off, for a server behind
     /// [`GracefulAccept`](crate::GracefulAccept) whose protocol is not HTTP.
-    ///
-    /// ```
-    /// let watch = tower_drain::Watch::builder()
-    ///     .request_head_grace(std::time::Duration::from_secs(5))
-    ///     .build();
-    /// # drop(watch);
-    /// ```
     pub fn request_head_grace(mut self, grace: Duration) -> Self {
         self.request_head_grace = grace;
         self
     }
 
-    /// Builds the [`Watch`].
+    /// Builds the [`Watch`], or says why the configuration cannot drain.
     ///
     /// ```
-    /// let watch = tower_drain::WatchBuilder::default().build();
-    /// assert_eq!(watch.phase(), tower_drain::Phase::Running);
+    /// use std::time::Duration;
+    /// use tower_drain::{ConfigError, Watch};
+    ///
+    /// let too_long = Watch::builder()
+    ///     .lame_duck(Duration::from_secs(30))
+    ///     .grace(Duration::from_secs(30))
+    ///     .build();
+    /// assert!(matches!(too_long, Err(ConfigError::LameDuckTooLong { .. })));
     /// ```
-    pub fn build(self) -> Watch {
-        Watch {
+    pub fn build(self) -> Result<Watch, ConfigError> {
+        if !self.lame_duck.is_zero() && self.lame_duck >= self.grace {
+            return Err(ConfigError::LameDuckTooLong {
+                lame_duck: self.lame_duck,
+                grace: self.grace,
+            });
+        }
+        Ok(Watch {
             inner: Arc::new(Inner::new(self)),
+        })
+    }
+}
+
+/// Why a [`WatchBuilder`] cannot build a [`Watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The lame duck period leaves no time for the drain before the
+    /// deadline, which counts from the trigger too.
+    LameDuckTooLong {
+        /// The configured [`WatchBuilder::lame_duck`].
+        lame_duck: Duration,
+        /// The configured [`WatchBuilder::grace`].
+        grace: Duration,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::LameDuckTooLong { lame_duck, grace } => write!(
+                f,
+                "the lame duck period ({lame_duck:?}) must be shorter than the grace ({grace:?}), which counts from the trigger too"
+            ),
         }
     }
 }
+
+impl std::error::Error for ConfigError {}
 
 /// The shared drain coordinator.
 ///
@@ -235,24 +286,21 @@ impl Watch {
     /// assert_eq!(watch.phase(), tower_drain::Phase::Running);
     /// ```
     pub fn new() -> Self {
-        WatchBuilder::default().build()
+        Watch {
+            inner: Arc::new(Inner::new(WatchBuilder::default())),
+        }
     }
 
-    /// Configure a `Watch` before building it.
-    ///
-    /// ```
-    /// let watch = tower_drain::Watch::builder()
-    ///     .grace(std::time::Duration::from_secs(5))
-    ///     .build();
-    /// # drop(watch);
-    /// ```
+    /// Configure a `Watch` before building it: see [`WatchBuilder`].
     pub fn builder() -> WatchBuilder {
         WatchBuilder::default()
     }
 
     /// Starts the drain; a second call forces it (see [`force`](Watch::force)).
     ///
-    /// The first trigger moves to [`Phase::Draining`] and arms the deadline
+    /// The first trigger moves to [`Phase::LameDuck`] if a
+    /// [`lame_duck`](WatchBuilder::lame_duck) period is configured, else to
+    /// [`Phase::Draining`], and arms the deadline
     /// ([`grace`](WatchBuilder::grace)) on the current tokio runtime, or the
     /// one the `Watch` was created on. Calls after the drain ended do nothing.
     ///
@@ -274,9 +322,15 @@ impl Watch {
     /// # }
     /// ```
     pub fn trigger(&self) {
-        match self.inner.advance(Phase::Running, Phase::Draining) {
-            Ok(()) => self.start(),
-            Err(Phase::Draining) => self.inner.force("second trigger"),
+        let runtime = self.inner.runtime();
+        let first = if self.inner.config.lame_duck.is_zero() || runtime.is_none() {
+            Phase::Draining
+        } else {
+            Phase::LameDuck
+        };
+        match self.inner.advance(Phase::Running, first) {
+            Ok(()) => self.start(first, runtime),
+            Err(Phase::LameDuck | Phase::Draining) => self.inner.force("second trigger"),
             Err(_) => {}
         }
     }
@@ -294,7 +348,7 @@ impl Watch {
     /// ```
     pub fn force(&self) {
         if self.inner.advance(Phase::Running, Phase::Draining).is_ok() {
-            self.inner.record_trigger();
+            self.inner.record_trigger(Phase::Draining);
         }
         self.inner.force("force()");
     }
@@ -309,8 +363,23 @@ impl Watch {
         self.inner.phase()
     }
 
-    /// `true` from the trigger on, including once the drain has ended: the
-    /// answer a readiness check wants.
+    /// `true` until the trigger: the answer a readiness check wants.
+    /// [`Readiness`](crate::Readiness) serves it.
+    ///
+    /// ```
+    /// let watch = tower_drain::Watch::new();
+    /// assert!(watch.is_ready());
+    /// watch.trigger();
+    /// assert!(!watch.is_ready());
+    /// ```
+    pub fn is_ready(&self) -> bool {
+        self.inner.phase() == Phase::Running
+    }
+
+    /// `true` once the drain proper has started (after the
+    /// [`lame_duck`](WatchBuilder::lame_duck) period, if any), including once
+    /// it has ended. For readiness, use [`is_ready`](Watch::is_ready), which
+    /// turns at the trigger.
     ///
     /// ```
     /// let watch = tower_drain::Watch::new();
@@ -361,6 +430,15 @@ impl Watch {
         self.inner.config.grace
     }
 
+    /// The period configured with [`WatchBuilder::lame_duck`].
+    ///
+    /// ```
+    /// assert!(tower_drain::Watch::new().lame_duck().is_zero());
+    /// ```
+    pub fn lame_duck(&self) -> Duration {
+        self.inner.config.lame_duck
+    }
+
     /// The report of the drain, once it has ended (cleanly or forced).
     ///
     /// ```
@@ -373,7 +451,9 @@ impl Watch {
         self.inner.report.get().cloned()
     }
 
-    /// Resolves once the drain has been triggered (or at once if it has).
+    /// Resolves once the drain has started (or at once if it has): at the
+    /// trigger, or at the end of the [`lame_duck`](WatchBuilder::lame_duck)
+    /// period.
     ///
     /// Long-lived responses (server-sent events, WebSockets) wait on it to
     /// end themselves when the server drains.
@@ -496,9 +576,14 @@ impl Watch {
         }
     }
 
-    fn start(&self) {
-        self.inner.record_trigger();
-        self.inner.arm_deadline(self.clone());
+    fn start(&self, to: Phase, runtime: Option<Handle>) {
+        self.inner.record_trigger(to);
+        match runtime {
+            Some(runtime) => self.inner.arm_timers(self.clone(), &runtime),
+            None => tracing::warn!(
+                "no tokio runtime to time the drain on; its deadline is not enforced"
+            ),
+        }
         self.inner.changed();
     }
 }
@@ -541,6 +626,8 @@ pub(crate) struct Inner {
 #[derive(Default)]
 struct Timeline {
     triggered: Option<Instant>,
+    /// The trigger, or the end of the lame duck period.
+    drain_started: Option<Instant>,
     listeners_closed: Option<Instant>,
     forced: Option<(Instant, &'static str, usize)>,
 }
@@ -576,8 +663,15 @@ impl Inner {
         Phase::from_u8(self.phase.load(SeqCst))
     }
 
+    /// Past the trigger and the lame duck period.
     #[inline]
     pub(crate) fn is_draining(&self) -> bool {
+        !matches!(self.phase(), Phase::Running | Phase::LameDuck)
+    }
+
+    /// Past the trigger: HTTP/1 responses say `Connection: close`.
+    #[inline]
+    pub(crate) fn is_triggered(&self) -> bool {
         self.phase() != Phase::Running
     }
 
@@ -642,26 +736,56 @@ impl Inner {
         }
     }
 
+    /// Once no connection can be accepted any more and the newest has been
+    /// accepted for the first-byte grace, closes every TLS connection that
+    /// has not received a byte: its handshake would otherwise hold
+    /// [`Watch::shutdown_signal`] until the handshake timeout, and closing
+    /// it loses nothing.
+    async fn cut_off_silent_handshakes(&self) {
+        self.wait_until(Self::listeners_closed).await;
+        self.sleep_past(|inner| inner.last_accept() + inner.config.first_byte_grace)
+            .await;
+        let cut = self.cut_off_where(Slot::cut_off_silence);
+        if cut > 0 {
+            tracing::info!(
+                connections = cut,
+                "closed TLS connections silent for the first-byte grace",
+            );
+        }
+    }
+
+    /// Applies `cut_off` to every connection; how many it closed.
+    fn cut_off_where(&self, cut_off: impl Fn(&Slot) -> bool) -> usize {
+        let connections = self.lock_connections();
+        connections.iter().filter(|(_, slot)| cut_off(slot)).count()
+    }
+
+    /// Sleeps until the instant `until` computes, computed anew on waking:
+    /// it moves with the newest accept.
+    async fn sleep_past(&self, until: impl Fn(&Self) -> Instant) {
+        loop {
+            let until = until(self);
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
     /// Once no connection can be accepted any more and the request-head
     /// grace has run out, closes every connection still reading its first
     /// request head.
     async fn cut_off_stalled_heads(&self) {
         self.wait_until(Self::listeners_closed).await;
-        let triggered = self.lock_timeline().triggered.unwrap_or_else(Instant::now);
-        loop {
-            let until = triggered.max(self.last_accept()) + self.config.request_head_grace;
-            if Instant::now() >= until {
-                break;
-            }
-            tokio::time::sleep_until(until).await;
-        }
+        let started = self
+            .lock_timeline()
+            .drain_started
+            .unwrap_or_else(Instant::now);
+        self.sleep_past(|inner| started.max(inner.last_accept()) + inner.config.request_head_grace)
+            .await;
         // See `head_started` for why SeqCst.
         self.heads_expired.store(true, SeqCst);
-        let cut = self
-            .lock_connections()
-            .iter()
-            .filter(|(_, slot)| slot.cut_off_head())
-            .count();
+        let cut = self.cut_off_where(Slot::cut_off_head);
         if cut > 0 {
             self.heads_cut_off.fetch_add(cut, SeqCst);
             tracing::info!(
@@ -684,44 +808,91 @@ impl Inner {
         self.timeline.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record_trigger(&self) {
-        self.lock_timeline().triggered = Some(Instant::now());
+    /// Notes the trigger, which moved the phase to `to`.
+    fn record_trigger(&self, to: Phase) {
+        let now = Instant::now();
+        let mut timeline = self.lock_timeline();
+        timeline.triggered = Some(now);
+        if to == Phase::LameDuck {
+            drop(timeline);
+            tracing::info!(
+                period = ?self.config.lame_duck,
+                "lame duck period started: not ready, still serving",
+            );
+        } else {
+            timeline.drain_started = Some(now);
+            drop(timeline);
+            self.log_drain_started("drain started");
+        }
+    }
+
+    fn log_drain_started(&self, message: &'static str) {
         tracing::info!(
             listeners = self.listeners.load(SeqCst),
             connections = self.lock_connections().len(),
             requests = self.requests.load(SeqCst),
-            "drain started",
+            "{message}",
         );
     }
 
-    fn arm_deadline(&self, watch: Watch) {
-        let Some(runtime) = Handle::try_current().ok().or_else(|| self.runtime.clone()) else {
-            tracing::warn!("no tokio runtime to run the drain deadline on; it is not enforced");
-            return;
-        };
+    /// How long until the deadline, once triggered.
+    pub(crate) fn until_deadline(&self) -> Option<Duration> {
+        let triggered = self.lock_timeline().triggered?;
+        Some((triggered + self.config.grace).saturating_duration_since(Instant::now()))
+    }
+
+    /// The runtime to time the drain on: the current one, or the one the
+    /// `Watch` was created on.
+    fn runtime(&self) -> Option<Handle> {
+        Handle::try_current().ok().or_else(|| self.runtime.clone())
+    }
+
+    /// Spawns the task that takes the drain's timed steps: the end of the
+    /// lame duck period, closing silent TLS connections and stalled request
+    /// heads, and the deadline.
+    fn arm_timers(&self, watch: Watch, runtime: &Handle) {
         // Counted from the trigger, not from when the task first runs.
-        let deadline = Instant::now() + self.config.grace;
+        let triggered = Instant::now();
+        let deadline = triggered + self.config.grace;
         let cuts_heads = self.config.request_head_grace < self.config.grace;
         runtime.spawn(async move {
-            let cut_off_heads = async {
-                if cuts_heads {
-                    watch.inner.cut_off_stalled_heads().await;
+            let steps = async {
+                if watch.phase() == Phase::LameDuck {
+                    tokio::time::sleep_until(triggered + watch.lame_duck()).await;
+                    watch.inner.end_lame_duck();
                 }
+                let heads = async {
+                    if cuts_heads {
+                        watch.inner.cut_off_stalled_heads().await;
+                    }
+                };
+                tokio::join!(watch.inner.cut_off_silent_handshakes(), heads);
                 std::future::pending::<()>().await;
             };
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => watch.inner.force("deadline"),
                 _ = watch.drained() => {}
-                () = cut_off_heads => {}
+                () = steps => {}
             }
         });
+    }
+
+    /// The lame duck period is over: the drain proper starts.
+    fn end_lame_duck(&self) {
+        if self.advance(Phase::LameDuck, Phase::Draining).is_ok() {
+            self.lock_timeline().drain_started = Some(Instant::now());
+            self.log_drain_started("lame duck period over; drain started");
+            self.changed();
+        }
     }
 
     fn force(&self, cause: &'static str) {
         // The timeline lock is held across the phase change, so a drain that
         // ends concurrently either sees the force recorded or wins before it.
         let mut timeline = self.lock_timeline();
-        if self.advance(Phase::Draining, Phase::Forced).is_err() {
+        let forced = self.advance(Phase::LameDuck, Phase::Forced).is_ok()
+            || self.advance(Phase::Draining, Phase::Forced).is_ok();
+        if !forced {
             return;
         }
         let connections = self.lock_connections();
@@ -780,8 +951,8 @@ impl Inner {
     }
 
     fn build_report(&self, timeline: &Timeline, now: Instant) -> DrainReport {
-        let triggered = timeline.triggered.unwrap_or(now);
-        let listeners_closed = timeline.listeners_closed.unwrap_or(triggered);
+        let started = timeline.drain_started.or(timeline.triggered).unwrap_or(now);
+        let listeners_closed = timeline.listeners_closed.unwrap_or(started);
         DrainReport {
             accepted_from_queue: self.accepted_from_queue.load(SeqCst),
             reset_in_queue: self.reset_in_queue.load(SeqCst),
@@ -791,7 +962,7 @@ impl Inner {
             requests_aborted: self.requests_aborted.load(SeqCst),
             connections_forced: timeline.forced.map_or(0, |(_, _, open)| open),
             forced: timeline.forced.map(|(_, cause, _)| cause),
-            closing_listeners: listeners_closed - triggered,
+            closing_listeners: listeners_closed - started,
             closing_connections: now.saturating_duration_since(listeners_closed),
         }
     }

@@ -94,7 +94,8 @@ async fn idle_and_silent_connections_do_not_hold_the_drain() {
     let watch = Watch::builder()
         .grace(Duration::from_secs(3600))
         .first_byte_grace(Duration::from_millis(200))
-        .build();
+        .build()
+        .unwrap();
     let server = Server::start(bind(localhost(), false), watch);
 
     // The accept queue is first in, first out: once the keep-alive client has
@@ -130,7 +131,10 @@ async fn idle_and_silent_connections_do_not_hold_the_drain() {
 /// A request that never finishes is forced closed at the deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_request_is_forced_at_the_deadline() {
-    let watch = Watch::builder().grace(Duration::from_millis(300)).build();
+    let watch = Watch::builder()
+        .grace(Duration::from_millis(300))
+        .build()
+        .unwrap();
     let server = Server::start(bind(localhost(), false), watch);
     let mut client = connect_and_send(server.addr, &request("/hang"))
         .await
@@ -151,7 +155,10 @@ async fn hung_request_is_forced_at_the_deadline() {
 /// A second trigger forces at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_trigger_forces_at_once() {
-    let watch = Watch::builder().grace(Duration::from_secs(3600)).build();
+    let watch = Watch::builder()
+        .grace(Duration::from_secs(3600))
+        .build()
+        .unwrap();
     let (server, _client) = holding_a_request(watch).await;
 
     server.watch.trigger();

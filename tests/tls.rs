@@ -99,7 +99,11 @@ fn served_and_closed() -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_started_after_trigger_is_served() {
     let tls = Tls::new();
-    let watch = Watch::new();
+    // Silent until after the trigger, which the first-byte grace allows.
+    let watch = Watch::builder()
+        .first_byte_grace(Duration::from_secs(3600))
+        .build()
+        .unwrap();
     let server = tls.start(&watch, Duration::from_secs(30));
     let stream = TcpStream::connect(server.addr).await.unwrap();
     // The accept queue is first in, first out: once a later client has its
@@ -124,13 +128,18 @@ async fn handshake_started_after_trigger_is_served() {
 }
 
 /// A client that never sends its ClientHello holds the drain no longer than
-/// the handshake timeout, sees a clean end of stream, and does not delay
+/// the first-byte grace (not the handshake timeout nor the deadline), sees a
+/// clean end of stream, does not make the drain forced, and does not delay
 /// anyone else meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_client_is_closed_at_the_handshake_timeout() {
+async fn silent_client_is_closed_after_the_first_byte_grace() {
     let tls = Tls::new();
-    let watch = Watch::builder().grace(Duration::from_secs(3600)).build();
-    let server = tls.start(&watch, Duration::from_millis(500));
+    let watch = Watch::builder()
+        .grace(Duration::from_secs(3600))
+        .first_byte_grace(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let server = tls.start(&watch, Duration::from_secs(3600));
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let connector = tls.connector(&[b"http/1.1"]);
     for _ in 0..3 {
@@ -142,10 +151,7 @@ async fn silent_client_is_closed_at_the_handshake_timeout() {
 
     watch.trigger();
     let report = server.stopped().await;
-    assert_eq!(
-        report.forced, None,
-        "the handshake timeout, not the deadline, ends it"
-    );
+    assert_eq!(report.forced, None);
     let mut buf = [0u8; 16];
     assert_eq!(
         silent.read(&mut buf).await.unwrap(),
@@ -165,7 +171,8 @@ async fn stalled_request_head_is_closed_after_its_grace() {
     let watch = Watch::builder()
         .grace(Duration::from_secs(3600))
         .request_head_grace(Duration::from_millis(200))
-        .build();
+        .build()
+        .unwrap();
     let server = tls.start(&watch, Duration::from_secs(3600));
     let connector = tls.connector(&[b"http/1.1"]);
     let mut held = Vec::new();

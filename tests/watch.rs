@@ -238,7 +238,10 @@ fn new_watch_is_running_and_empty() {
     assert_eq!(watch.report(), None);
     assert_eq!(watch.grace(), DEFAULT_GRACE);
     let grace = Duration::from_secs(7);
-    assert_eq!(Watch::builder().grace(grace).build().grace(), grace);
+    assert_eq!(
+        Watch::builder().grace(grace).build().unwrap().grace(),
+        grace
+    );
 }
 
 /// `listeners()`, `connections()` and `requests()` count what is open, and closing it all does not end a drain that never started.
@@ -459,7 +462,7 @@ async fn requests_completed_counts_requests_finished_after_the_trigger() {
 #[tokio::test(start_paused = true)]
 async fn deadline_forces_exactly_at_grace() {
     const GRACE: Duration = Duration::from_secs(10);
-    let watch = Watch::builder().grace(GRACE).build();
+    let watch = Watch::builder().grace(GRACE).build().unwrap();
     let (mut listener, dialer) = listen(&watch);
     let (io, _client) = connect(&mut listener, &dialer).await;
     let request = open_request(&watch);
@@ -487,11 +490,76 @@ async fn deadline_forces_exactly_at_grace() {
     assert_eq!(report.requests_completed, 1);
 }
 
+// ----- the lame duck period (paused time) -----
+
+/// Through the lame duck period readiness is off but nothing drains: the listener keeps accepting and the drain starts exactly when the period ends; the deadline still counts from the trigger.
+#[tokio::test(start_paused = true)]
+async fn lame_duck_serves_until_its_period_ends() {
+    const LAME_DUCK: Duration = Duration::from_secs(5);
+    const GRACE: Duration = Duration::from_secs(20);
+    let watch = Watch::builder()
+        .lame_duck(LAME_DUCK)
+        .grace(GRACE)
+        .build()
+        .unwrap();
+    let (mut listener, dialer) = listen(&watch);
+    let (held, _client) = connect(&mut listener, &dialer).await;
+    let triggered = Instant::now();
+    watch.trigger();
+    assert_eq!(watch.phase(), Phase::LameDuck);
+    assert!(!watch.is_ready());
+    assert!(!watch.is_draining());
+
+    tokio::time::sleep(LAME_DUCK - TICK).await;
+    let (_io, _client) = connect(&mut listener, &dialer).await;
+    assert_eq!(watch.phase(), Phase::LameDuck);
+    within("the lame duck period", watch.draining()).await;
+    assert_eq!(triggered.elapsed(), LAME_DUCK);
+    assert_eq!(watch.phase(), Phase::Draining);
+
+    drop(listener);
+    let (_, forced_at) = within("the deadline", read_error(held)).await;
+    assert_eq!(forced_at - triggered, GRACE);
+}
+
+/// A second trigger during the lame duck period forces the drain.
+#[tokio::test(start_paused = true)]
+async fn second_trigger_during_the_lame_duck_forces() {
+    let watch = Watch::builder()
+        .lame_duck(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut listener, dialer) = listen(&watch);
+    let (io, _client) = connect(&mut listener, &dialer).await;
+    watch.trigger();
+    watch.trigger();
+    assert_eq!(watch.phase(), Phase::Forced);
+    let (error, _) = within("the forced read", read_error(io)).await;
+    assert_eq!(error, io::ErrorKind::ConnectionAborted);
+    drop(listener);
+    let report = within("the report", watch.drained()).await;
+    assert_eq!(report.forced, Some("second trigger"));
+}
+
+/// A lame duck period that leaves no time before the deadline is refused when the `Watch` is built.
+#[test]
+fn lame_duck_as_long_as_the_grace_is_a_config_error() {
+    let built = Watch::builder()
+        .lame_duck(Duration::from_secs(30))
+        .grace(Duration::from_secs(30))
+        .build();
+    let error = built.expect_err("no time left to drain");
+    assert!(
+        error.to_string().contains("shorter than the grace"),
+        "{error}"
+    );
+}
+
 /// The deadline counts from the trigger even when the runtime is busy before it runs the deadline's task.
 #[tokio::test(start_paused = true)]
 async fn deadline_counts_from_the_trigger_on_a_busy_runtime() {
     const GRACE: Duration = Duration::from_secs(10);
-    let watch = Watch::builder().grace(GRACE).build();
+    let watch = Watch::builder().grace(GRACE).build().unwrap();
     let (_listener, _dialer) = listen(&watch);
     let triggered = Instant::now();
     watch.trigger();
@@ -531,7 +599,8 @@ async fn polled_listener_drains_its_queue_then_closes() {
 async fn shutdown_signal_waits_for_the_first_byte() {
     let watch = Watch::builder()
         .first_byte_grace(Duration::from_secs(3600))
-        .build();
+        .build()
+        .unwrap();
     let (mut listener, dialer) = listen(&watch);
     let (mut io, mut client) = connect(&mut listener, &dialer).await;
     watch.trigger();
@@ -554,7 +623,8 @@ async fn shutdown_signal_waits_until_the_protocol_is_decided() {
     ] {
         let watch = Watch::builder()
             .first_byte_grace(Duration::from_secs(3600))
-            .build();
+            .build()
+            .unwrap();
         let (mut listener, dialer) = listen(&watch);
         let (mut io, mut client) = connect(&mut listener, &dialer).await;
         client.write_all(first).await.unwrap();
@@ -574,7 +644,10 @@ async fn shutdown_signal_waits_until_the_protocol_is_decided() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_signal_gives_up_on_silent_connections() {
     const FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
-    let watch = Watch::builder().first_byte_grace(FIRST_BYTE_GRACE).build();
+    let watch = Watch::builder()
+        .first_byte_grace(FIRST_BYTE_GRACE)
+        .build()
+        .unwrap();
     let (mut listener, dialer) = listen(&watch);
     let (_io, _client) = connect(&mut listener, &dialer).await;
     let accepted = Instant::now();
@@ -595,7 +668,10 @@ async fn shutdown_signal_gives_up_on_silent_connections() {
 #[tokio::test(start_paused = true)]
 async fn stalled_request_head_is_cut_off_after_its_grace() {
     const HEAD_GRACE: Duration = Duration::from_secs(2);
-    let watch = Watch::builder().request_head_grace(HEAD_GRACE).build();
+    let watch = Watch::builder()
+        .request_head_grace(HEAD_GRACE)
+        .build()
+        .unwrap();
     let (mut listener, dialer) = listen(&watch);
     let mut complete = Vec::new();
     for parts in [
@@ -640,7 +716,10 @@ async fn stalled_request_head_is_cut_off_after_its_grace() {
 #[tokio::test(start_paused = true)]
 async fn request_head_started_after_its_grace_is_cut_off_at_once() {
     const HEAD_GRACE: Duration = Duration::from_secs(2);
-    let watch = Watch::builder().request_head_grace(HEAD_GRACE).build();
+    let watch = Watch::builder()
+        .request_head_grace(HEAD_GRACE)
+        .build()
+        .unwrap();
     let (mut listener, dialer) = listen(&watch);
     let (mut io, mut client) = connect(&mut listener, &dialer).await;
     watch.trigger();

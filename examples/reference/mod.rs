@@ -1,20 +1,30 @@
 //! What the reference servers share: flags, routes, binding and the serve
 //! loop. `server.rs` serves it over plain HTTP, `tls.rs` over HTTPS.
 
-use std::{fmt::Debug, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    convert::Infallible, fmt::Debug, net::SocketAddr, path::PathBuf, process::ExitCode,
+    time::Duration,
+};
 
 use axum::{
-    extract::{Query, State},
-    http::StatusCode,
+    extract::{
+        ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade},
+        Query, State,
+    },
+    response::{
+        sse::{Event, Sse},
+        Response,
+    },
     routing::get,
     serve::Listener,
     Router,
 };
+use futures_util::{stream, Stream};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tower_drain::{
     restart::{Listeners, Origin},
-    DrainLayer, GracefulAccept, Watch,
+    DrainLayer, EndOnDrain, GracefulAccept, Readiness, Watch,
 };
 
 /// The command-line options.
@@ -24,6 +34,7 @@ pub(crate) struct Options {
     /// Where to take the socket over from, and serve it for a successor.
     pub(crate) handoff: Option<PathBuf>,
     pub(crate) grace: Duration,
+    pub(crate) lame_duck: Duration,
     /// PEM files (TLS server only).
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
@@ -50,6 +61,7 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
         reuse_port: false,
         handoff: None,
         grace: tower_drain::DEFAULT_GRACE,
+        lame_duck: Duration::ZERO,
         cert: None,
         key: None,
     };
@@ -64,14 +76,8 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
             }
             "--reuse-port" => options.reuse_port = true,
             "--handoff" => options.handoff = Some(value("--handoff")?.into()),
-            "--grace" => {
-                let value = value("--grace")?;
-                options.grace = value
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-                    .ok_or(format!("--grace {value:?}: not a number of seconds"))?;
-            }
+            "--grace" => options.grace = seconds("--grace", &value("--grace")?)?,
+            "--lame-duck" => options.lame_duck = seconds("--lame-duck", &value("--lame-duck")?)?,
             "--cert" if tls => options.cert = Some(value("--cert")?.into()),
             "--key" if tls => options.key = Some(value("--key")?.into()),
             "-h" | "--help" => return Err(String::new()),
@@ -79,6 +85,14 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
         }
     }
     Ok(options)
+}
+
+fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or(format!("{flag} {value:?}: not a number of seconds"))
 }
 
 /// Logs to stderr, `RUST_LOG` respected (default `info`).
@@ -91,12 +105,21 @@ pub(crate) fn init_tracing() {
         .init();
 }
 
-/// A `Watch` with the `--grace` deadline, triggered by SIGTERM, SIGINT and SIGHUP.
-pub(crate) fn watch(options: &Options) -> Result<Watch, String> {
-    let watch = Watch::builder().grace(options.grace).build();
+/// A `Watch` with the `--grace` deadline and the `--lame-duck` period,
+/// triggered by SIGTERM, SIGINT and SIGHUP. A lame duck that leaves no time
+/// for the drain is bad input (exit 2).
+pub(crate) fn watch(options: &Options) -> Result<Watch, ExitCode> {
+    let watch = Watch::builder()
+        .grace(options.grace)
+        .lame_duck(options.lame_duck)
+        .build()
+        .map_err(|e| {
+            eprintln!("error: --lame-duck {:?}: {e}", options.lame_duck);
+            ExitCode::from(2)
+        })?;
     watch
         .trigger_on_signals()
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        .map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
     Ok(watch)
 }
 
@@ -135,12 +158,15 @@ pub(crate) async fn listen(
 }
 
 /// `GET /` → `hello`; `GET /slow?ms=N` → after N ms; `GET /healthz` → 200
-/// while running, 503 once draining.
+/// while running, 503 from the trigger on; `GET /events` → server-sent
+/// events until the drain; `GET /ws` → WebSocket echo until the drain.
 pub(crate) fn app(watch: Watch) -> Router {
     Router::new()
         .route("/", get(|| async { "hello" }))
         .route("/slow", get(slow))
-        .route("/healthz", get(healthz))
+        .route("/events", get(events))
+        .route("/ws", get(ws))
+        .route_service("/healthz", Readiness::new(watch.clone()))
         .with_state(watch.clone())
         .layer(DrainLayer::new(watch))
 }
@@ -156,11 +182,47 @@ async fn slow(Query(Slow { ms }): Query<Slow>) -> String {
     format!("slept {ms} ms")
 }
 
-async fn healthz(State(watch): State<Watch>) -> (StatusCode, &'static str) {
-    if watch.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else {
-        (StatusCode::OK, "ok")
+/// `data: tick N` every 100 ms; when the drain starts, `event: close` with
+/// `data: draining`, and the stream ends.
+async fn events(State(watch): State<Watch>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let ticks = stream::unfold(0u64, |n| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((Ok(Event::default().data(format!("tick {n}"))), n + 1))
+    });
+    let last = Ok(Event::default().event("close").data("draining"));
+    Sse::new(EndOnDrain::new(ticks, &watch).final_item(last))
+}
+
+async fn ws(State(watch): State<Watch>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| echo(socket, watch))
+}
+
+/// Echoes messages until the drain starts, then sends Close 1001 ("going
+/// away") and reads on until the client answers it.
+async fn echo(mut socket: WebSocket, watch: Watch) {
+    let draining = watch.draining();
+    tokio::pin!(draining);
+    loop {
+        tokio::select! {
+            () = &mut draining => break,
+            message = socket.recv() => match message {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if socket.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let going_away = CloseFrame {
+        code: close_code::AWAY,
+        reason: "server draining".into(),
+    };
+    if socket.send(Message::Close(Some(going_away))).await.is_ok() {
+        // The client's Close ends the stream; the deadline bounds the wait.
+        while let Some(Ok(_)) = socket.recv().await {}
     }
 }
 

@@ -8,14 +8,14 @@ pub mod process;
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{extract::State, http::StatusCode, routing::get, Router};
+use axum::{extract::State, routing::get, Router};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::{Notify, Semaphore},
     task::JoinHandle,
 };
-use tower_drain::{DrainLayer, DrainReport, GracefulAccept, Watch};
+use tower_drain::{DrainLayer, DrainReport, GracefulAccept, Readiness, Watch};
 
 /// The outer bound on any wait in these tests: generous, so that a loaded
 /// machine never fails them, and only reached when something is broken.
@@ -69,7 +69,7 @@ struct AppState {
 }
 
 /// `/` answers `hello`; `/hold` waits for [`Gate::release_all`]; `/hang`
-/// never answers; `/healthz` is 503 once draining. `/hold` and `/hang` add a
+/// never answers; `/healthz` is 503 from the trigger on. `/hold` and `/hang` add a
 /// permit to [`Gate::entered`] when they start.
 pub fn app(watch: Watch, gate: Gate) -> Router {
     Router::new()
@@ -90,16 +90,7 @@ pub fn app(watch: Watch, gate: Gate) -> Router {
                 std::future::pending::<&'static str>().await
             }),
         )
-        .route(
-            "/healthz",
-            get(|State(state): State<AppState>| async move {
-                if state.watch.is_draining() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::OK
-                }
-            }),
-        )
+        .route_service("/healthz", Readiness::new(watch.clone()))
         .with_state(AppState {
             watch: watch.clone(),
             gate,

@@ -1,0 +1,94 @@
+//! Long-lived responses that end when the drain starts: [`EndOnDrain`] ends
+//! a stream (server-sent events, a chunked body) at the drain, optionally
+//! with one last item, so the response finishes and its connection closes
+//! instead of holding the drain until the deadline.
+//!
+//! ```
+//! use std::convert::Infallible;
+//!
+//! use axum::response::sse::{Event, Sse};
+//! use futures_util::stream::{self, Stream};
+//! use tower_drain::{EndOnDrain, Watch};
+//!
+//! fn events(watch: &Watch) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+//!     let ticks = stream::repeat_with(|| Ok(Event::default().data("tick")));
+//!     let last = Ok(Event::default().event("close").data("draining"));
+//!     Sse::new(EndOnDrain::new(ticks, watch).final_item(last))
+//! }
+//! # let _ = events(&Watch::new());
+//! ```
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures_util::Stream;
+use pin_project_lite::pin_project;
+
+use crate::Watch;
+
+pin_project! {
+    /// A stream that yields the items of another until the drain starts
+    /// ([`Watch::draining`]), then its [`final_item`](EndOnDrain::final_item)
+    /// if one was given, and ends.
+    ///
+    /// The drain is checked before each item, so a stream that always has
+    /// an item ready still ends.
+    #[must_use = "streams do nothing unless polled"]
+    pub struct EndOnDrain<S: Stream> {
+        #[pin]
+        stream: S,
+        draining: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        last: Option<S::Item>,
+    }
+}
+
+impl<S: Stream> EndOnDrain<S> {
+    /// Ends `stream` when `watch` starts draining.
+    pub fn new(stream: S, watch: &Watch) -> Self {
+        Self {
+            stream,
+            draining: Some(Box::pin(watch.draining())),
+            last: None,
+        }
+    }
+
+    /// Yields `item` when the drain starts, before ending: a goodbye event
+    /// the client can act on.
+    pub fn final_item(mut self, item: S::Item) -> Self {
+        self.last = Some(item);
+        self
+    }
+}
+
+impl<S: Stream> Stream for EndOnDrain<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = self.project();
+        let Some(draining) = this.draining else {
+            return Poll::Ready(None);
+        };
+        if draining.as_mut().poll(cx).is_ready() {
+            *this.draining = None;
+            return Poll::Ready(this.last.take());
+        }
+        let next = this.stream.poll_next(cx);
+        if let Poll::Ready(None) = next {
+            *this.draining = None;
+        }
+        next
+    }
+}
+
+impl<S: Stream + fmt::Debug> fmt::Debug for EndOnDrain<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndOnDrain")
+            .field("stream", &self.stream)
+            .field("ended", &self.draining.is_none())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,108 @@
+//! The lame duck period and readiness over real sockets: the reference
+//! server's `/healthz` turns 503 at the signal while everything else is
+//! still served, and a load balancer that stops routing only after a lag
+//! loses nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{process::*, *};
+use tokio::{io::AsyncReadExt, time::Instant};
+use tower_drain::Watch;
+
+/// `GET path` on a new connection, the raw response as text.
+async fn get_raw(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = connect_and_send(addr, &closing_request(path))
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    within("the response", stream.read_to_end(&mut response))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// `--lame-duck`: readiness turns 503 (with `Retry-After`) as soon as the
+/// signal is handled, `GET /` is still served on new connections with
+/// `Connection: close`, then the server drains and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_at_the_signal_while_the_lame_duck_serves() {
+    let mut server = Process::start("", "--lame-duck 3").await;
+    let ready = get_raw(server.addr, "/healthz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    server.signal("TERM");
+    server.wait_for_log("lame duck period started").await;
+    let not_ready = get_raw(server.addr, "/healthz").await;
+    assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+    assert!(not_ready.contains("retry-after: "), "{not_ready}");
+    for _ in 0..10 {
+        let outcome = one_request(server.addr, "/").await;
+        assert_eq!(
+            outcome,
+            Outcome::Response {
+                status: 200,
+                connection_close: true
+            }
+        );
+    }
+
+    server
+        .wait_for_log("lame duck period over; drain started")
+        .await;
+    server.wait_for_log("drain complete").await;
+    assert_eq!(server.exit().await.code(), Some(0));
+}
+
+/// A lame duck period that leaves no time to drain is bad input: exit 2.
+#[tokio::test]
+async fn lame_duck_as_long_as_the_grace_exits_two() {
+    let (status, stderr) = run(&["--lame-duck", "30", "--grace", "30"]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("shorter than the grace"), "{stderr}");
+}
+
+/// A load balancer that polls readiness every 50 ms and goes on routing new
+/// connections for a while after it first sees 503 loses no request when
+/// the lame duck period outlasts its lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancer_that_stops_routing_late_loses_nothing() {
+    const POLL: Duration = Duration::from_millis(50);
+    const LAG: Duration = Duration::from_millis(500);
+    let watch = Watch::builder()
+        .lame_duck(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let server = Server::start(bind(localhost(), false), watch.clone());
+
+    let mut served = 0;
+    let mut served_while_unhealthy = 0;
+    let mut unhealthy_since = None;
+    let mut next_poll = Instant::now();
+    loop {
+        if Instant::now() >= next_poll {
+            next_poll += POLL;
+            let health = one_request(server.addr, "/healthz").await;
+            if unhealthy_since.is_none() && !health.is_ok() {
+                unhealthy_since = Some(Instant::now());
+            }
+        }
+        if unhealthy_since.is_some_and(|since| since.elapsed() >= LAG) {
+            break;
+        }
+        let outcome = one_request(server.addr, "/").await;
+        assert!(outcome.is_ok(), "request {served}: {outcome:?}");
+        served += 1;
+        if unhealthy_since.is_some() {
+            served_while_unhealthy += 1;
+        }
+        if served == 20 {
+            watch.trigger();
+        }
+    }
+    assert!(served_while_unhealthy > 0);
+
+    let report = server.stopped().await;
+    assert!(report.is_clean(), "{report}");
+}
