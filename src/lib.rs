@@ -37,7 +37,10 @@
 //!
 //! The drain runs in this order once the [`Watch`] is triggered:
 //!
-//! 1. [`DrainLayer`] marks HTTP/1 responses `Connection: close`.
+//! 1. [`Readiness`] answers 503 and [`DrainLayer`] marks HTTP/1 responses
+//!    `Connection: close`. With a [`lame_duck`](WatchBuilder::lame_duck)
+//!    period the server goes on serving until it ends, so that load
+//!    balancers stop routing here before the listeners close.
 //! 2. Each [`GracefulAccept`] stops waiting for new connections, accepts
 //!    everything already queued in the kernel (bounded in count and time) and
 //!    hands it to the server, then closes its socket: later clients are
