@@ -162,6 +162,7 @@ pub(crate) struct RequestHead {
 enum Stage {
     /// The bytes are TLS records: only the first one is waited for; the
     /// [`TlsIo`](crate::TlsIo) above reads the request head.
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code, reason = "set by TLS only"))]
     Encrypted,
     /// No protocol chosen yet: this many bytes of the HTTP/2 preface read.
     Protocol(usize),
