@@ -197,9 +197,7 @@ impl WatchBuilder {
                 grace: self.grace,
             });
         }
-        Ok(Watch {
-            inner: Arc::new(Inner::new(self)),
-        })
+        Ok(Watch::with_config(self))
     }
 }
 
@@ -286,8 +284,12 @@ impl Watch {
     /// assert_eq!(watch.phase(), tower_drain::Phase::Running);
     /// ```
     pub fn new() -> Self {
+        Self::with_config(WatchBuilder::default())
+    }
+
+    fn with_config(config: WatchBuilder) -> Self {
         Watch {
-            inner: Arc::new(Inner::new(WatchBuilder::default())),
+            inner: Arc::new(Inner::new(config)),
         }
     }
 

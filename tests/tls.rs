@@ -162,8 +162,10 @@ async fn silent_client_is_closed_after_the_first_byte_grace() {
 
 /// A client that stalls inside its first request head holds the drain no
 /// longer than the request-head grace, and the drain is not forced;
-/// requests in flight on other connections (their heads read through TLS,
-/// not from the encrypted bytes) outlive the grace and are answered.
+/// requests in flight on other connections outlive the grace and are
+/// answered. (That the encrypted bytes are never scanned for a head is
+/// checked in `src/io.rs`: rustls's ClientHello happens to hold a blank
+/// line, so this test cannot see it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_head_is_closed_after_its_grace() {
     const HELD: usize = 8;
@@ -188,7 +190,12 @@ async fn stalled_request_head_is_closed_after_its_grace() {
 
     watch.trigger();
     let outcome = within("the close", read_response(&mut stalled)).await;
-    assert_ne!(outcome, Outcome::Reset);
+    // An end of stream, not a reset: the connection was dropped before any
+    // response, so without a TLS close_notify.
+    assert!(
+        matches!(&outcome, Outcome::Other(e) if e.contains("without sending TLS close_notify")),
+        "{outcome:?}"
+    );
     server.gate.release_all();
     for mut tls_stream in held {
         let outcome = within("the answer", read_response(&mut tls_stream)).await;
