@@ -70,6 +70,8 @@
 //! - `rustls`: `TlsAccept`, TLS termination whose handshakes run
 //!   concurrently and finish before the server stops.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod accept;
 #[cfg(unix)]
 mod activation;

@@ -99,6 +99,8 @@ fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
 pub(crate) fn init_tracing() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for a person; logs written to a file or a pipe stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
