@@ -166,7 +166,7 @@ async fn start_drain(lame_duck: Option<Duration>) -> io::Result<Running> {
     };
     let (listener, addr) = bind().await?;
     let app = app()
-        .route_service("/healthz", Readiness::new(watch.clone()))
+        .route_service("/healthz", Readiness::new(watch.observer()))
         .layer(DrainLayer::new(watch.clone()));
     let listener = GracefulAccept::new(listener, watch.clone());
     let serve = spawn_serve(listener, app, watch.shutdown_signal());

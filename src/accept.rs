@@ -23,25 +23,13 @@ use crate::{
 };
 
 /// Default [`GracefulAccept::queue_drain_limit`].
-///
-/// ```
-/// assert_eq!(tower_drain::DEFAULT_QUEUE_DRAIN_LIMIT, 65_536);
-/// ```
-pub const DEFAULT_QUEUE_DRAIN_LIMIT: usize = 65_536;
+const DEFAULT_QUEUE_DRAIN_LIMIT: usize = 65_536;
 
 /// Default [`GracefulAccept::queue_drain_timeout`].
-///
-/// ```
-/// assert_eq!(tower_drain::DEFAULT_QUEUE_DRAIN_TIMEOUT.as_secs(), 1);
-/// ```
-pub const DEFAULT_QUEUE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_QUEUE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Default [`GracefulAccept::straggler_wait`].
-///
-/// ```
-/// assert_eq!(tower_drain::DEFAULT_STRAGGLER_WAIT.as_millis(), 2);
-/// ```
-pub const DEFAULT_STRAGGLER_WAIT: Duration = Duration::from_millis(2);
+const DEFAULT_STRAGGLER_WAIT: Duration = Duration::from_millis(2);
 
 /// How long to wait before accepting again after an error such as `EMFILE`.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);

@@ -1,6 +1,56 @@
-//! The tower middleware: [`DrainLayer`] counts each request until its response
-//! body ends, and asks HTTP/1 clients to close their connection once the
-//! drain has started.
+//! The tower middleware: [`DrainLayer`] counts each request until its
+//! response body ends, and marks HTTP/1 responses `Connection: close` from
+//! the trigger on.
+//!
+//! # When to add it
+//!
+//! A server that accepts through [`GracefulAccept`](crate::GracefulAccept)
+//! needs no per-request layer: the drain waits for every connection it
+//! tracks, so in-flight requests and streaming responses keep it open, and at
+//! the shutdown signal hyper itself marks the last responses
+//! `Connection: close`. Add `DrainLayer` when you want one of:
+//!
+//! - `Connection: close` on HTTP/1 responses between the trigger and the
+//!   shutdown signal, which matters with a
+//!   [`lame_duck`](crate::WatchBuilder::lame_duck) period: keep-alive clients
+//!   then reconnect through the load balancer while the server still serves.
+//! - Request counts: [`Watch::requests`] (requests in flight through a
+//!   `DrainLayer`, counted from `call` until the response body ends or is
+//!   dropped) and the report's `requests_completed` and `requests_aborted`.
+//!   Without the layer they stay 0.
+//! - A drain that waits for requests on connections tower-drain does not
+//!   track (a listener not wrapped in `GracefulAccept`).
+//!
+//! Around a whole axum `Router` ([`DrainLayer::around_router`]) it costs less
+//! than through `Router::layer`, which wraps every route on its own; see
+//! BENCHMARKS.md.
+//!
+//! # Example
+//!
+//! ```
+//! use http::{Request, Response};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_drain::{DrainLayer, Watch};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let watch = Watch::new();
+//! let service = ServiceBuilder::new()
+//!     .layer(DrainLayer::new(watch.clone()))
+//!     .service(service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+//!     }));
+//!
+//! let response = service.clone().oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(watch.requests(), 1); // until the body ends or is dropped
+//! drop(response);
+//! assert_eq!(watch.requests(), 0);
+//!
+//! watch.trigger();
+//! let response = service.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(response.headers()["connection"], "close");
+//! # }
+//! ```
 
 use std::{
     fmt,
@@ -18,50 +68,9 @@ use tower_service::Service;
 
 use crate::watch::{Inner, Watch};
 
-/// A tower [`Layer`] that makes a service drain-aware.
-///
-/// Each request holds a token from [`call`](Service::call) until its response
-/// body has ended or been dropped, so a streaming response keeps the drain
-/// open; [`Watch::requests`] counts them. Once the drain has started, HTTP/1.x
-/// responses carry `Connection: close`, so clients do not send another request
-/// on a connection that is about to close (HTTP/2 uses GOAWAY instead, which
-/// the server sends).
-///
-/// The layer adds a few atomic operations per request and no allocation
-/// (see BENCHMARKS.md for what axum's `Router::layer` itself costs).
-/// [`with_watch_extension`](DrainLayer::with_watch_extension) also puts the
-/// [`Watch`] in each request's extensions, for handlers that end long-lived
-/// responses when the drain starts.
-///
-/// # Example
-///
-/// ```
-/// use http::{Request, Response, Version};
-/// use tower::{service_fn, ServiceBuilder, ServiceExt};
-/// use tower_drain::{DrainLayer, Watch};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let watch = Watch::new();
-/// let service = ServiceBuilder::new()
-///     .layer(DrainLayer::new(watch.clone()))
-///     .service(service_fn(|_req: Request<()>| async {
-///         Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
-///     }));
-///
-/// let response = service.clone().oneshot(Request::new(())).await.unwrap();
-/// assert_eq!(watch.requests(), 1); // the body has not been consumed yet
-/// assert!(response.headers().get("connection").is_none());
-/// drop(response);
-/// assert_eq!(watch.requests(), 0);
-///
-/// # let _listener = tower_drain::GracefulAccept::new(
-/// #     tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), watch.clone());
-/// watch.trigger();
-/// let response = service.oneshot(Request::new(())).await.unwrap();
-/// assert_eq!(response.headers()["connection"], "close");
-/// # }
-/// ```
+/// A tower [`Layer`] that counts requests and asks HTTP/1 clients to close
+/// their connection once the drain is triggered; see the [module
+/// documentation](self).
 #[derive(Debug, Clone)]
 pub struct DrainLayer {
     watch: Watch,
@@ -70,11 +79,6 @@ pub struct DrainLayer {
 
 impl DrainLayer {
     /// A layer that reports to `watch`.
-    ///
-    /// ```
-    /// let layer = tower_drain::DrainLayer::new(tower_drain::Watch::new());
-    /// # drop(layer);
-    /// ```
     pub fn new(watch: Watch) -> Self {
         Self {
             watch,
@@ -82,24 +86,11 @@ impl DrainLayer {
         }
     }
 
-    /// Also inserts a clone of the [`Watch`] into every request's extensions,
-    /// where handlers find it (with the `axum` feature, `Watch` is an
-    /// extractor). This costs a few small allocations per request (the
-    /// extension map and its entry).
-    ///
-    /// ```
-    /// use axum::{routing::get, Router};
-    /// use tower_drain::{DrainLayer, Watch};
-    ///
-    /// async fn handler(watch: Watch) -> &'static str {
-    ///     if watch.is_draining() { "draining" } else { "running" }
-    /// }
-    ///
-    /// let app: Router = Router::new()
-    ///     .route("/", get(handler))
-    ///     .layer(DrainLayer::new(Watch::new()).with_watch_extension());
-    /// ```
-    pub fn with_watch_extension(mut self) -> Self {
+    /// Also puts an [`Observer`](crate::Observer) in every request's extensions, where
+    /// handlers find it (with the `axum` feature, it is an extractor). This
+    /// costs an allocation or two per request (the extension map and its
+    /// entry).
+    pub fn with_observer_extension(mut self) -> Self {
         self.extension = true;
         self
     }
@@ -117,16 +108,7 @@ impl<S> Layer<S> for DrainLayer {
     }
 }
 
-/// The service [`DrainLayer`] produces.
-///
-/// ```
-/// use tower_drain::{DrainService, Watch};
-///
-/// let service = DrainService::new(tower::service_fn(|_req: http::Request<()>| async {
-///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-/// }), Watch::new());
-/// # drop(service);
-/// ```
+/// Return type of [`DrainLayer`]'s `layer`: the wrapped service.
 #[derive(Debug, Clone)]
 pub struct DrainService<S> {
     inner: S,
@@ -137,45 +119,33 @@ pub struct DrainService<S> {
 impl<S> DrainService<S> {
     /// Wraps `inner` so that it reports to `watch`; the same as
     /// `DrainLayer::new(watch).layer(inner)`.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # use http::{Request, Response};
-    /// # use tower::{service_fn, ServiceExt};
-    /// # use tower_drain::{DrainService, Watch};
-    /// # let watch = Watch::new();
-    /// # let service = DrainService::new(service_fn(|_req: Request<()>| async {
-    /// #     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
-    /// # }), watch.clone());
-    /// let response = service.oneshot(Request::new(())).await.unwrap();
-    /// assert_eq!(watch.requests(), 1);
-    /// # drop(response);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn new(inner: S, watch: Watch) -> Self {
         DrainLayer::new(watch).layer(inner)
     }
 
     /// The wrapped service.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # use http::{Request, Response};
-    /// # use tower::{service_fn, ServiceExt};
-    /// # use tower_drain::{DrainService, Watch};
-    /// # let watch = Watch::new();
-    /// # let service = DrainService::new(service_fn(|_req: Request<()>| async {
-    /// #     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
-    /// # }), watch.clone());
-    /// let _inner = service.get_ref();
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The same layer around `f(inner)`.
+    #[cfg(feature = "axum")]
+    pub(crate) fn map_inner<T>(self, f: impl FnOnce(S) -> T) -> DrainService<T> {
+        DrainService {
+            inner: f(self.inner),
+            watch: self.watch,
+            extension: self.extension,
+        }
     }
 }
 
@@ -199,7 +169,7 @@ where
         let may_close = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
             && req.method() != Method::CONNECT;
         if self.extension {
-            req.extensions_mut().insert(self.watch.clone());
+            req.extensions_mut().insert(self.watch.observer());
         }
         ResponseFuture {
             inner: self.inner.call(req),
@@ -210,28 +180,7 @@ where
 }
 
 pin_project! {
-    /// The response future of [`DrainService`].
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # use http::{Request, Response};
-    /// # use tower::{service_fn, ServiceExt};
-    /// # use tower_drain::{DrainService, Watch};
-    /// # let watch = Watch::new();
-    /// # let service = DrainService::new(service_fn(|_req: Request<()>| async {
-    /// #     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
-    /// # }), watch.clone());
-    /// use tower::Service;
-    ///
-    /// let mut service = service;
-    /// let future: tower_drain::ResponseFuture<_> = service.call(Request::new(()));
-    /// assert_eq!(watch.requests(), 1); // counted from `call`
-    /// drop(future);
-    /// assert_eq!(watch.requests(), 0);
-    /// # Ok(())
-    /// # }
-    /// ```
+    /// Response future of [`DrainService`]; the request counts from `call`.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -278,30 +227,8 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 }
 
 pin_project! {
-    /// The response body of [`DrainService`]: the request counts as in flight
+    /// Response body of [`DrainService`]: the request counts as in flight
     /// until this body has ended or been dropped.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # use http::{Request, Response};
-    /// # use tower::{service_fn, ServiceExt};
-    /// # use tower_drain::{DrainService, Watch};
-    /// # let watch = Watch::new();
-    /// # let service = DrainService::new(service_fn(|_req: Request<()>| async {
-    /// #     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
-    /// # }), watch.clone());
-    /// use http_body_util::BodyExt;
-    ///
-    /// let response = service.oneshot(Request::new(())).await.unwrap();
-    /// let body: tower_drain::DrainBody<String> = response.into_body();
-    /// assert_eq!(watch.requests(), 1);
-    /// let bytes = body.collect().await.unwrap().to_bytes();
-    /// assert_eq!(&bytes[..], b"hello");
-    /// assert_eq!(watch.requests(), 0); // released at the end of the body
-    /// # Ok(())
-    /// # }
-    /// ```
     pub struct DrainBody<B> {
         #[pin]
         inner: B,

@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use axum::{routing::get, Router};
-//! use tower_drain::{DrainLayer, GracefulAccept, Watch};
+//! use tower_drain::{GracefulAccept, Watch};
 //!
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<()> {
@@ -11,9 +11,7 @@
 //!
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //!     let listener = GracefulAccept::new(listener, watch.clone());
-//!     let app = Router::new()
-//!         .route("/", get(|| async { "hello" }))
-//!         .layer(DrainLayer::new(watch.clone()));
+//!     let app = Router::new().route("/", get(|| async { "hello" }));
 //! #   watch.trigger(); // so that this example ends
 //!
 //!     axum::serve(listener, app)
@@ -76,14 +74,15 @@ mod accept;
 #[cfg(unix)]
 mod activation;
 #[cfg(feature = "axum")]
-mod axum;
+pub mod axum;
 #[cfg(unix)]
 mod bind;
 #[cfg(unix)]
 mod handoff;
 mod io;
-mod layer;
+pub mod layer;
 mod listener;
+mod observer;
 mod readiness;
 mod report;
 #[cfg(unix)]
@@ -99,19 +98,14 @@ mod sys;
 mod tls;
 mod watch;
 
-pub use crate::accept::{
-    GracefulAccept, DEFAULT_QUEUE_DRAIN_LIMIT, DEFAULT_QUEUE_DRAIN_TIMEOUT, DEFAULT_STRAGGLER_WAIT,
-};
-#[cfg(feature = "axum")]
-pub use crate::axum::MissingWatch;
+pub use crate::accept::GracefulAccept;
 pub use crate::io::TrackedIo;
-pub use crate::layer::{DrainBody, DrainLayer, DrainService, ResponseFuture};
+pub use crate::layer::DrainLayer;
 pub use crate::listener::DrainableListener;
+pub use crate::observer::{Draining, Observer};
 pub use crate::readiness::Readiness;
-pub use crate::report::DrainReport;
+pub use crate::report::{DrainReport, ForceCause};
 pub use crate::stream::EndOnDrain;
 #[cfg(feature = "rustls")]
-pub use crate::tls::{TlsAccept, TlsIo, DEFAULT_HANDSHAKE_TIMEOUT};
-pub use crate::watch::{
-    ConfigError, Phase, Watch, WatchBuilder, DEFAULT_FIRST_BYTE_GRACE, DEFAULT_GRACE,
-};
+pub use crate::tls::{TlsAccept, TlsIo};
+pub use crate::watch::{ConfigError, Phase, Watch, WatchBuilder};

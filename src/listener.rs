@@ -23,6 +23,25 @@ use tokio::{
 ///
 /// Implemented for [`tokio::net::TcpListener`] and, on Unix,
 /// [`tokio::net::UnixListener`].
+///
+/// # Implementing
+///
+/// Another listener (a vsock, an in-memory transport for tests) can be
+/// drained if it can answer "is anything queued?" without waiting:
+///
+/// - [`poll_accept`](Self::poll_accept) is the normal accept.
+/// - [`try_accept`](Self::try_accept) takes one queued connection at once,
+///   or says `Ok(None)` only when nothing is queued: the drain closes the
+///   listener after that answer, so a wrong `None` loses connections.
+/// - [`Queued`](Self::Queued) is a connection taken by `try_accept` and not
+///   yet set up for the server (for a socket: not yet registered with the
+///   runtime); [`register`](Self::register) finishes that when the server
+///   takes it. Where there is nothing to defer, `Queued` is `Io` and
+///   `register` returns it.
+/// - `steer_away`, `unsteer` and `queue_len` have defaults that do nothing.
+///
+/// Dropping the listener must close it: `GracefulAccept` drops it once the
+/// queue is empty.
 pub trait DrainableListener: Send + 'static {
     /// The accepted connection.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;

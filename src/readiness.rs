@@ -9,7 +9,7 @@
 //! let watch = Watch::new();
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     .route_service("/readyz", Readiness::new(watch));
+//!     .route_service("/readyz", Readiness::new(watch.observer()));
 //! ```
 
 use std::{
@@ -24,27 +24,27 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use tower_service::Service;
 
-use crate::Watch;
+use crate::Observer;
 
-/// A [`Service`] that answers readiness checks from a [`Watch`]: `200 ready`
-/// while [`Watch::is_ready`], then `503 draining` with a `Retry-After` of the
+/// A [`Service`] that answers readiness checks: `200 ready` while
+/// [`Observer::is_ready`], then `503 draining` with a `Retry-After` of the
 /// seconds left until the drain's deadline.
 ///
 /// It answers every request the same way, whatever its method and path;
 /// mount it on the path your load balancer or Kubernetes probe polls.
 #[derive(Debug, Clone)]
 pub struct Readiness {
-    watch: Watch,
+    observer: Observer,
 }
 
 impl Readiness {
-    /// Answers for `watch`.
-    pub fn new(watch: Watch) -> Self {
-        Self { watch }
+    /// Answers for the drain `observer` sees.
+    pub fn new(observer: Observer) -> Self {
+        Self { observer }
     }
 
     fn response(&self) -> Response<Full<Bytes>> {
-        let Some(left) = self.watch.inner.until_deadline() else {
+        let Some(left) = self.observer.until_deadline() else {
             return Response::new(Full::from("ready\n"));
         };
         let mut response = Response::new(Full::from("draining\n"));

@@ -47,9 +47,8 @@ pub struct DrainReport {
     pub requests_aborted: usize,
     /// Connections still open when the drain was forced, and so closed.
     pub connections_forced: usize,
-    /// Why the drain was forced (`"deadline"`, `"second trigger"` or
-    /// `"force()"`), or `None` if it ended cleanly.
-    pub forced: Option<&'static str>,
+    /// Why the drain was forced, or `None` if it ended cleanly.
+    pub forced: Option<ForceCause>,
     /// From the trigger until every listener had drained its queue and closed.
     pub closing_listeners: Duration,
     /// From the listeners closing until the last connection and request ended.
@@ -85,6 +84,28 @@ impl DrainReport {
     /// ```
     pub fn is_clean(&self) -> bool {
         self.forced.is_none() && self.reset_in_queue == 0
+    }
+}
+
+/// Why a drain was forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForceCause {
+    /// The [`grace`](crate::WatchBuilder::grace) ran out.
+    Deadline,
+    /// The drain was triggered a second time (a second signal).
+    SecondTrigger,
+    /// [`Watch::force`](crate::Watch::force) was called.
+    Force,
+}
+
+impl fmt::Display for ForceCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ForceCause::Deadline => "deadline",
+            ForceCause::SecondTrigger => "second trigger",
+            ForceCause::Force => "force()",
+        })
     }
 }
 

@@ -8,14 +8,14 @@
 //!
 //! use axum::response::sse::{Event, Sse};
 //! use futures_util::stream::{self, Stream};
-//! use tower_drain::{EndOnDrain, Watch};
+//! use tower_drain::{EndOnDrain, Observer, Watch};
 //!
-//! fn events(watch: &Watch) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+//! fn events(observer: &Observer) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
 //!     let ticks = stream::repeat_with(|| Ok(Event::default().data("tick")));
 //!     let last = Ok(Event::default().event("close").data("draining"));
-//!     Sse::new(EndOnDrain::new(ticks, watch).final_item(last))
+//!     Sse::new(EndOnDrain::new(ticks, observer).final_item(last))
 //! }
-//! # let _ = events(&Watch::new());
+//! # let _ = events(&Watch::new().observer());
 //! ```
 
 use std::{
@@ -28,11 +28,11 @@ use std::{
 use futures_util::Stream;
 use pin_project_lite::pin_project;
 
-use crate::Watch;
+use crate::{Draining, Observer};
 
 pin_project! {
     /// A stream that yields the items of another until the drain starts
-    /// ([`Watch::draining`]), then its [`final_item`](EndOnDrain::final_item)
+    /// ([`Observer::draining`]), then its [`final_item`](EndOnDrain::final_item)
     /// if one was given, and ends.
     ///
     /// The drain is checked before each item, so a stream that always has
@@ -41,18 +41,21 @@ pin_project! {
     pub struct EndOnDrain<S: Stream> {
         #[pin]
         stream: S,
-        draining: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        #[pin]
+        draining: Draining,
         last: Option<S::Item>,
+        ended: bool,
     }
 }
 
 impl<S: Stream> EndOnDrain<S> {
-    /// Ends `stream` when `watch` starts draining.
-    pub fn new(stream: S, watch: &Watch) -> Self {
+    /// Ends `stream` when the drain `observer` sees starts.
+    pub fn new(stream: S, observer: &Observer) -> Self {
         Self {
             stream,
-            draining: Some(Box::pin(watch.draining())),
+            draining: observer.draining(),
             last: None,
+            ended: false,
         }
     }
 
@@ -69,17 +72,15 @@ impl<S: Stream> Stream for EndOnDrain<S> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = self.project();
-        let Some(draining) = this.draining else {
+        if *this.ended {
             return Poll::Ready(None);
-        };
-        if draining.as_mut().poll(cx).is_ready() {
-            *this.draining = None;
+        }
+        if this.draining.poll(cx).is_ready() {
+            *this.ended = true;
             return Poll::Ready(this.last.take());
         }
         let next = this.stream.poll_next(cx);
-        if let Poll::Ready(None) = next {
-            *this.draining = None;
-        }
+        *this.ended = matches!(next, Poll::Ready(None));
         next
     }
 }
@@ -88,7 +89,7 @@ impl<S: Stream + fmt::Debug> fmt::Debug for EndOnDrain<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndOnDrain")
             .field("stream", &self.stream)
-            .field("ended", &self.draining.is_none())
+            .field("ended", &self.ended)
             .finish_non_exhaustive()
     }
 }

@@ -24,11 +24,7 @@ use crate::{
 };
 
 /// Default [`TlsAccept::handshake_timeout`].
-///
-/// ```
-/// assert_eq!(tower_drain::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), 10);
-/// ```
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After a failed handshake, how long to read and discard what the client
 /// still sends before closing, so that the close is not a reset.

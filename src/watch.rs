@@ -20,23 +20,23 @@ use std::{
 };
 
 use slab::Slab;
-use tokio::{runtime::Handle, sync::Notify, time::Instant};
+use tokio::{
+    runtime::Handle,
+    sync::{futures::OwnedNotified, Notify},
+    time::Instant,
+};
 
-use crate::{io::Slot, report::DrainReport};
+use crate::{
+    io::Slot,
+    observer::{Draining, Observer},
+    report::{DrainReport, ForceCause},
+};
 
 /// Default [`WatchBuilder::grace`]: how long the drain may take before it is forced.
-///
-/// ```
-/// assert_eq!(tower_drain::DEFAULT_GRACE.as_secs(), 30);
-/// ```
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Default [`WatchBuilder::first_byte_grace`].
-///
-/// ```
-/// assert_eq!(tower_drain::DEFAULT_FIRST_BYTE_GRACE.as_secs(), 1);
-/// ```
-pub const DEFAULT_FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
+const DEFAULT_FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
 
 /// Default [`WatchBuilder::request_head_grace`].
 const DEFAULT_REQUEST_HEAD_GRACE: Duration = Duration::from_secs(2);
@@ -332,7 +332,7 @@ impl Watch {
         };
         match self.inner.advance(Phase::Running, first) {
             Ok(()) => self.start(first, runtime),
-            Err(Phase::LameDuck | Phase::Draining) => self.inner.force("second trigger"),
+            Err(Phase::LameDuck | Phase::Draining) => self.inner.force(ForceCause::SecondTrigger),
             Err(_) => {}
         }
     }
@@ -352,7 +352,7 @@ impl Watch {
         if self.inner.advance(Phase::Running, Phase::Draining).is_ok() {
             self.inner.record_trigger(Phase::Draining);
         }
-        self.inner.force("force()");
+        self.inner.force(ForceCause::Force);
     }
 
     /// The current phase.
@@ -375,7 +375,7 @@ impl Watch {
     /// assert!(!watch.is_ready());
     /// ```
     pub fn is_ready(&self) -> bool {
-        self.inner.phase() == Phase::Running
+        self.inner.is_ready()
     }
 
     /// `true` once the drain proper has started (after the
@@ -426,7 +426,7 @@ impl Watch {
     /// The hard deadline configured with [`WatchBuilder::grace`].
     ///
     /// ```
-    /// assert_eq!(tower_drain::Watch::new().grace(), tower_drain::DEFAULT_GRACE);
+    /// assert_eq!(tower_drain::Watch::new().grace().as_secs(), 30);
     /// ```
     pub fn grace(&self) -> Duration {
         self.inner.config.grace
@@ -453,30 +453,17 @@ impl Watch {
         self.inner.report.get().cloned()
     }
 
-    /// Resolves once the drain has started (or at once if it has): at the
+    /// Resolves once the drain has started (at once if it has): at the
     /// trigger, or at the end of the [`lame_duck`](WatchBuilder::lame_duck)
-    /// period.
-    ///
-    /// Long-lived responses (server-sent events, WebSockets) wait on it to
-    /// end themselves when the server drains.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: the future holds no state besides its registration, and
-    /// a new one sees a trigger that happened meanwhile.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let watch = tower_drain::Watch::new();
-    /// let waiting = tokio::spawn(watch.draining());
-    /// watch.trigger();
-    /// waiting.await.unwrap();
-    /// # }
-    /// ```
-    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
-        let inner = self.inner.clone();
-        async move { inner.wait_until(Inner::is_draining).await }
+    /// period. The same as [`Observer::draining`].
+    pub fn draining(&self) -> Draining {
+        Draining::new(self.inner.clone())
+    }
+
+    /// A read-only view of the drain, for handlers, long-lived responses and
+    /// readiness checks: it cannot trigger or force it.
+    pub fn observer(&self) -> Observer {
+        Observer::new(self.inner.clone())
     }
 
     /// Resolves once the drain has started and every listener has closed its
@@ -617,7 +604,7 @@ pub(crate) struct Inner {
     /// Connections closed with their first request head incomplete.
     heads_cut_off: AtomicUsize,
     /// Woken on every change a waiter may be waiting for.
-    notify: Notify,
+    notify: Arc<Notify>,
     timeline: Mutex<Timeline>,
     report: OnceLock<DrainReport>,
     runtime: Option<Handle>,
@@ -631,7 +618,7 @@ struct Timeline {
     /// The trigger, or the end of the lame duck period.
     drain_started: Option<Instant>,
     listeners_closed: Option<Instant>,
-    forced: Option<(Instant, &'static str, usize)>,
+    forced: Option<(Instant, ForceCause, usize)>,
 }
 
 impl Inner {
@@ -652,7 +639,7 @@ impl Inner {
             connections: Mutex::new(Slab::new()),
             heads_expired: AtomicBool::new(false),
             heads_cut_off: AtomicUsize::new(0),
-            notify: Notify::new(),
+            notify: Arc::new(Notify::new()),
             timeline: Mutex::default(),
             report: OnceLock::new(),
             runtime: Handle::try_current().ok(),
@@ -671,10 +658,16 @@ impl Inner {
         !matches!(self.phase(), Phase::Running | Phase::LameDuck)
     }
 
+    /// Before the trigger.
+    #[inline]
+    pub(crate) fn is_ready(&self) -> bool {
+        self.phase() == Phase::Running
+    }
+
     /// Past the trigger: HTTP/1 responses say `Connection: close`.
     #[inline]
     pub(crate) fn is_triggered(&self) -> bool {
-        self.phase() != Phase::Running
+        !self.is_ready()
     }
 
     #[inline]
@@ -692,6 +685,11 @@ impl Inner {
             .compare_exchange(from as u8, to as u8, SeqCst, SeqCst)
             .map(drop)
             .map_err(Phase::from_u8)
+    }
+
+    /// A registration for the next [`changed`](Self::changed), owned.
+    pub(crate) fn notified(&self) -> OwnedNotified {
+        self.notify.clone().notified_owned()
     }
 
     fn changed(&self) {
@@ -872,7 +870,7 @@ impl Inner {
                 std::future::pending::<()>().await;
             };
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => watch.inner.force("deadline"),
+                () = tokio::time::sleep_until(deadline) => watch.inner.force(ForceCause::Deadline),
                 _ = watch.drained() => {}
                 () = steps => {}
             }
@@ -888,7 +886,7 @@ impl Inner {
         }
     }
 
-    fn force(&self, cause: &'static str) {
+    fn force(&self, cause: ForceCause) {
         // The timeline lock is held across the phase change, so a drain that
         // ends concurrently either sees the force recorded or wins before it.
         let mut timeline = self.lock_timeline();
@@ -902,7 +900,7 @@ impl Inner {
         timeline.forced = Some((Instant::now(), cause, open));
         drop(timeline);
         tracing::warn!(
-            cause,
+            %cause,
             connections = open,
             requests = self.requests.load(SeqCst),
             "drain forced; closing every open connection",
@@ -942,7 +940,7 @@ impl Inner {
                 requests_completed = report.requests_completed,
                 requests_aborted = report.requests_aborted,
                 connections_forced = report.connections_forced,
-                forced = report.forced,
+                forced = ?report.forced,
                 closing_listeners = ?report.closing_listeners,
                 closing_connections = ?report.closing_connections,
                 "drain complete",
@@ -1067,7 +1065,8 @@ impl Inner {
     #[inline]
     pub(crate) fn request_finished(&self, completed: bool) {
         let last = self.requests.fetch_sub(1, SeqCst) == 1;
-        if self.is_draining() {
+        // Counted from the trigger, lame duck period included.
+        if self.is_triggered() {
             let count = if completed {
                 &self.requests_completed
             } else {

@@ -17,7 +17,7 @@ use http::{header, HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use tower::Service;
-use tower_drain::{DrainService, Watch};
+use tower_drain::{layer::DrainService, Watch};
 
 /// Requests counted per check.
 const REQUESTS: usize = 1_000;

@@ -7,7 +7,7 @@ use std::{future::IntoFuture, io, time::Duration};
 use common::*;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower_drain::{DrainReport, GracefulAccept, Phase, Watch};
+use tower_drain::{DrainReport, ForceCause, GracefulAccept, Phase, Watch};
 
 /// Connections queued in the kernel when the drain starts, their requests
 /// already sent, are all answered.
@@ -143,7 +143,7 @@ async fn hung_request_is_forced_at_the_deadline() {
 
     server.watch.trigger();
     let report = server.stopped().await;
-    assert_eq!(report.forced, Some("deadline"));
+    assert_eq!(report.forced, Some(ForceCause::Deadline));
     assert_eq!(report.connections_forced, 1);
     assert!(report.total() >= Duration::from_millis(300));
     assert_eq!(
@@ -166,7 +166,7 @@ async fn second_trigger_forces_at_once() {
     server.watch.trigger();
     assert_eq!(server.watch.phase(), Phase::Forced);
     let report = server.stopped().await;
-    assert_eq!(report.forced, Some("second trigger"));
+    assert_eq!(report.forced, Some(ForceCause::SecondTrigger));
     assert_eq!(report.connections_forced, 1);
 }
 

@@ -16,7 +16,7 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use tokio::sync::{mpsc, oneshot};
 use tower::{util::ServiceFn, Service, ServiceBuilder, ServiceExt};
-use tower_drain::{DrainLayer, DrainService, Phase, Watch};
+use tower_drain::{layer::DrainService, DrainLayer, Observer, Phase, Watch};
 
 /// The outer bound on any wait: only reached when something is broken.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -307,13 +307,13 @@ async fn no_connection_close_for_connect() {
     }
 }
 
-// ----- the Watch extension and the axum extractor -----
+// ----- the Observer extension and the axum extractor -----
 
-/// The `Watch` the inner service finds in the request's extensions, through `layer`.
-async fn extension(layer: DrainLayer) -> Option<Watch> {
+/// The `Observer` the inner service finds in the request's extensions, through `layer`.
+async fn extension(layer: DrainLayer) -> Option<Observer> {
     let (seen, found) = std_mpsc::channel();
     let handler = move |request: Request<()>| {
-        seen.send(request.extensions().get::<Watch>().cloned())
+        seen.send(request.extensions().get::<Observer>().cloned())
             .unwrap();
         ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
     };
@@ -326,20 +326,22 @@ async fn extension(layer: DrainLayer) -> Option<Watch> {
     found.recv().unwrap()
 }
 
-/// Only `with_watch_extension()` puts the layer's own `Watch` in request extensions.
+/// Only `with_observer_extension()` puts an `Observer` of the layer's drain in request extensions.
 #[tokio::test]
-async fn watch_extension_only_when_asked() {
+async fn observer_extension_only_when_asked() {
     let watch = Watch::new();
     assert!(extension(DrainLayer::new(watch.clone())).await.is_none());
 
-    let found = extension(DrainLayer::new(watch.clone()).with_watch_extension()).await;
-    found.expect("the extension is set").trigger();
-    assert!(watch.is_draining(), "the extension is the layer's watch");
+    let found = extension(DrainLayer::new(watch.clone()).with_observer_extension()).await;
+    let observer = found.expect("the extension is set");
+    assert!(observer.is_ready());
+    watch.trigger();
+    assert!(!observer.is_ready(), "the extension observes the layer's watch");
 }
 
-/// Answers with the phase of the `Watch` it extracts.
-async fn phase(watch: Watch) -> String {
-    format!("{:?}", watch.phase())
+/// Answers with the phase the extracted `Observer` sees.
+async fn phase(observer: Observer) -> String {
+    format!("{:?}", observer.phase())
 }
 
 /// Sends `GET /` to `app` without a socket.
@@ -357,13 +359,13 @@ async fn read(response: Response<axum::body::Body>) -> (StatusCode, String) {
     (status, String::from_utf8(body.to_bytes().to_vec()).unwrap())
 }
 
-/// Through an axum `Router`, a handler extracts the layer's `Watch`, and the request counts until its body is read.
+/// Through an axum `Router`, a handler extracts the layer's `Observer`, and the request counts until its body is read.
 #[tokio::test]
-async fn axum_handler_extracts_the_watch() {
+async fn axum_handler_extracts_the_observer() {
     let watch = Watch::new();
     let app = Router::new()
         .route("/", get(phase))
-        .layer(DrainLayer::new(watch.clone()).with_watch_extension());
+        .layer(DrainLayer::new(watch.clone()).with_observer_extension());
     let response = get_root(app.clone()).await;
     assert_eq!(watch.requests(), 1, "the body is not read yet");
     assert_eq!(read(response).await, (StatusCode::OK, "Running".into()));
@@ -374,7 +376,7 @@ async fn axum_handler_extracts_the_watch() {
     assert_eq!((status, phase.as_str()), (StatusCode::OK, "Drained"));
 }
 
-/// Without `with_watch_extension()` (or without the layer), extracting a `Watch` is rejected with 500 (`MissingWatch`).
+/// Without `with_observer_extension()` (or without the layer), extracting an `Observer` is rejected with 500 (`MissingObserver`).
 #[tokio::test]
 async fn axum_extractor_without_the_extension_is_500() {
     let watch = Watch::new();
@@ -385,6 +387,6 @@ async fn axum_extractor_without_the_extension_is_500() {
     for app in [without_extension, without_layer] {
         let (status, body) = read(get_root(app).await).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(body.contains("with_watch_extension"), "{body}");
+        assert!(body.contains("with_observer_extension"), "{body}");
     }
 }

@@ -47,12 +47,31 @@ async fn second_signal_forces_and_exits_one() {
     assert_eq!(server.exit().await.code(), Some(1));
 }
 
-/// A request cut off at the deadline is reported as aborted, not completed;
-/// one answered during the same drain as completed.
+/// A request still running at the deadline has its connection closed and
+/// counted as forced (the server exits 1); one answered during the same
+/// drain is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_cut_off_at_the_deadline_is_forced() {
+    let cut = request("/slow?ms=3600000");
+    let (stopped, code) = drain_beside("--grace 2", &cut, "slow request started ms=3600000").await;
+    assert!(
+        stopped.contains("1 connections forced (deadline)"),
+        "{stopped}"
+    );
+    assert_eq!(code, Some(1));
+}
+
+/// With a lame duck, `DrainLayer` counts requests: one cut off at the
+/// deadline is reported as aborted, one answered as completed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_cut_off_at_the_deadline_is_aborted() {
     let cut = request("/slow?ms=3600000");
-    let (stopped, code) = drain_beside("--grace 2", &cut, "slow request started ms=3600000").await;
+    let (stopped, code) = drain_beside(
+        "--grace 3 --lame-duck 1",
+        &cut,
+        "slow request started ms=3600000",
+    )
+    .await;
     assert!(
         stopped.contains("1 requests completed, 1 aborted"),
         "{stopped}"

@@ -24,8 +24,8 @@ use tokio::{
 };
 use tower::{service_fn, ServiceExt};
 use tower_drain::{
-    DrainBody, DrainReport, DrainService, DrainableListener, GracefulAccept, Phase, TrackedIo,
-    Watch, DEFAULT_GRACE,
+    layer::{DrainBody, DrainService},
+    DrainReport, DrainableListener, ForceCause, GracefulAccept, Phase, TrackedIo, Watch,
 };
 
 /// The outer bound on any wait: only reached when something is broken.
@@ -236,7 +236,7 @@ fn new_watch_is_running_and_empty() {
         (0, 0, 0)
     );
     assert_eq!(watch.report(), None);
-    assert_eq!(watch.grace(), DEFAULT_GRACE);
+    assert_eq!(watch.grace(), Duration::from_secs(30));
     let grace = Duration::from_secs(7);
     assert_eq!(
         Watch::builder().grace(grace).build().unwrap().grace(),
@@ -365,7 +365,7 @@ async fn second_trigger_forces() {
     drop((listener, io));
     assert_eq!(watch.phase(), Phase::Forced);
     let report = waiters.drained.output();
-    assert_eq!(report.forced, Some("second trigger"));
+    assert_eq!(report.forced, Some(ForceCause::SecondTrigger));
     assert_eq!(report.connections_forced, 1);
 }
 
@@ -388,7 +388,7 @@ async fn force_from_running() {
         ["draining", "listeners_closed", "shutdown_signal", "drained"]
     );
     let report = waiters.drained.output();
-    assert_eq!(report.forced, Some("force()"));
+    assert_eq!(report.forced, Some(ForceCause::Force));
     assert_eq!(report.connections_forced, 0);
 }
 
@@ -410,7 +410,7 @@ async fn force_counts_open_connections() {
     assert_eq!(watch.phase(), Phase::Forced);
     drop((listener, connections, request));
     let report = watch.report().expect("everything is closed");
-    assert_eq!(report.forced, Some("force()"));
+    assert_eq!(report.forced, Some(ForceCause::Force));
     assert_eq!(report.connections_forced, 2);
     assert_eq!(report.requests_completed, 1);
 }
@@ -485,7 +485,7 @@ async fn deadline_forces_exactly_at_grace() {
 
     drop((listener, request));
     let report = within("the report", watch.drained()).await;
-    assert_eq!(report.forced, Some("deadline"));
+    assert_eq!(report.forced, Some(ForceCause::Deadline));
     assert_eq!(report.connections_forced, 1);
     assert_eq!(report.requests_completed, 1);
 }
@@ -538,7 +538,7 @@ async fn second_trigger_during_the_lame_duck_forces() {
     assert_eq!(error, io::ErrorKind::ConnectionAborted);
     drop(listener);
     let report = within("the report", watch.drained()).await;
-    assert_eq!(report.forced, Some("second trigger"));
+    assert_eq!(report.forced, Some(ForceCause::SecondTrigger));
 }
 
 /// A lame duck period that leaves no time before the deadline is refused when the `Watch` is built.

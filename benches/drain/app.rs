@@ -15,7 +15,7 @@ use tokio::{
     task::JoinHandle,
 };
 use tower::{util::MapResponseLayer, ServiceBuilder};
-use tower_drain::{DrainBody, DrainLayer, GracefulAccept, Watch};
+use tower_drain::{layer::DrainBody, DrainLayer, GracefulAccept, Watch};
 
 /// Which server. `Plain` and `Drain` are what the issue compares; the two
 /// others split the drain's cost between its parts.

@@ -20,7 +20,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use stats_alloc::{Region, INSTRUMENTED_SYSTEM};
 use tower::{Service, ServiceExt};
-use tower_drain::{DrainService, Watch};
+use tower_drain::{layer::DrainService, Watch};
 
 use crate::report::{self, Row, Table, Verdict};
 

@@ -15,7 +15,10 @@ use std::{
 use axum::{body::Body, routing::future::RouteFuture};
 use stats_alloc::{Region, INSTRUMENTED_SYSTEM};
 use tokio::net::{TcpListener, TcpStream};
-use tower_drain::{DrainBody, GracefulAccept, ResponseFuture, TrackedIo, Watch};
+use tower_drain::{
+    layer::{DrainBody, ResponseFuture},
+    GracefulAccept, TrackedIo, Watch,
+};
 
 use crate::{
     app::bind,

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tower_drain::{
     restart::{Listeners, Origin},
-    DrainLayer, EndOnDrain, GracefulAccept, Readiness, Watch,
+    DrainLayer, EndOnDrain, GracefulAccept, Observer, Readiness, Watch,
 };
 
 /// The command-line options.
@@ -60,7 +60,7 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         reuse_port: false,
         handoff: None,
-        grace: tower_drain::DEFAULT_GRACE,
+        grace: tower_drain::Watch::new().grace(),
         lame_duck: Duration::ZERO,
         cert: None,
         key: None,
@@ -162,15 +162,14 @@ pub(crate) async fn listen(
 /// `GET /` → `hello`; `GET /slow?ms=N` → after N ms; `GET /healthz` → 200
 /// while running, 503 from the trigger on; `GET /events` → server-sent
 /// events until the drain; `GET /ws` → WebSocket echo until the drain.
-pub(crate) fn app(watch: Watch) -> Router {
+pub(crate) fn app(watch: &Watch) -> Router {
     Router::new()
         .route("/", get(|| async { "hello" }))
         .route("/slow", get(slow))
         .route("/events", get(events))
         .route("/ws", get(ws))
-        .route_service("/healthz", Readiness::new(watch.clone()))
-        .with_state(watch.clone())
-        .layer(DrainLayer::new(watch))
+        .route_service("/healthz", Readiness::new(watch.observer()))
+        .with_state(watch.observer())
 }
 
 #[derive(Deserialize)]
@@ -186,23 +185,23 @@ async fn slow(Query(Slow { ms }): Query<Slow>) -> String {
 
 /// `data: tick N` every 100 ms; when the drain starts, `event: close` with
 /// `data: draining`, and the stream ends.
-async fn events(State(watch): State<Watch>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn events(State(observer): State<Observer>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let ticks = stream::unfold(0u64, |n| async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         Some((Ok(Event::default().data(format!("tick {n}"))), n + 1))
     });
     let last = Ok(Event::default().event("close").data("draining"));
-    Sse::new(EndOnDrain::new(ticks, &watch).final_item(last))
+    Sse::new(EndOnDrain::new(ticks, &observer).final_item(last))
 }
 
-async fn ws(State(watch): State<Watch>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| echo(socket, watch))
+async fn ws(State(observer): State<Observer>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| echo(socket, observer))
 }
 
 /// Echoes messages until the drain starts, then sends Close 1001 ("going
 /// away") and reads on until the client answers it.
-async fn echo(mut socket: WebSocket, watch: Watch) {
-    let draining = watch.draining();
+async fn echo(mut socket: WebSocket, observer: Observer) {
+    let draining = observer.draining();
     tokio::pin!(draining);
     loop {
         tokio::select! {
@@ -235,9 +234,21 @@ where
     L: Listener,
     L::Addr: Debug,
 {
-    let served = axum::serve(listener, app(watch.clone()))
-        .with_graceful_shutdown(watch.shutdown_signal())
-        .await;
+    let app = app(&watch);
+    let served = if watch.lame_duck().is_zero() {
+        // No per-request layer: `GracefulAccept` tracks the connections,
+        // which is all the drain needs.
+        axum::serve(listener, app)
+            .with_graceful_shutdown(watch.shutdown_signal())
+            .await
+    } else {
+        // Through the lame duck period, `DrainLayer` marks HTTP/1 responses
+        // `Connection: close`, so keep-alive clients reconnect elsewhere.
+        let app = DrainLayer::new(watch.clone()).around_router(app);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(watch.shutdown_signal())
+            .await
+    };
     if let Err(e) = served {
         return fail(format!("server failed: {e}"));
     }

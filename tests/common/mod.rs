@@ -90,7 +90,7 @@ pub fn app(watch: Watch, gate: Gate) -> Router {
                 std::future::pending::<&'static str>().await
             }),
         )
-        .route_service("/healthz", Readiness::new(watch.clone()))
+        .route_service("/healthz", Readiness::new(watch.observer()))
         .with_state(AppState {
             watch: watch.clone(),
             gate,

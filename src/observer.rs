@@ -1,0 +1,130 @@
+//! What observes a drain without controlling it: an [`Observer`] tells
+//! handlers, long-lived responses and readiness checks where the drain stands,
+//! and cannot trigger or force it. The [`Watch`] hands them out.
+//!
+//! ```
+//! use tower_drain::Watch;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let watch = Watch::new();
+//! let observer = watch.observer();
+//! let draining = tokio::spawn(observer.draining());
+//! assert!(observer.is_ready());
+//!
+//! watch.trigger();
+//! draining.await.unwrap();
+//! assert!(!observer.is_ready() && observer.is_draining());
+//! # }
+//! ```
+//!
+//! [`Watch`]: crate::Watch
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
+
+use crate::watch::{Inner, Phase};
+
+/// A read-only view of a drain: its phase, and a future that resolves when
+/// it starts. Cloning it is one reference-count increment.
+#[derive(Clone)]
+pub struct Observer {
+    inner: Arc<Inner>,
+}
+
+impl Observer {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// Where the drain stands.
+    pub fn phase(&self) -> Phase {
+        self.inner.phase()
+    }
+
+    /// `true` until the trigger: the answer a readiness check wants.
+    pub fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
+    /// `true` once the drain proper has started (after the lame duck period,
+    /// if any), and after it has ended.
+    pub fn is_draining(&self) -> bool {
+        self.inner.is_draining()
+    }
+
+    /// Resolves once the drain has started (at once if it has): the moment
+    /// for a long-lived response to end itself.
+    pub fn draining(&self) -> Draining {
+        Draining::new(self.inner.clone())
+    }
+
+    /// Time left until the deadline, once triggered.
+    pub(crate) fn until_deadline(&self) -> Option<std::time::Duration> {
+        self.inner.until_deadline()
+    }
+}
+
+impl fmt::Debug for Observer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observer")
+            .field("phase", &self.phase())
+            .finish()
+    }
+}
+
+pin_project! {
+    /// Future returned by [`Observer::draining`] and
+    /// [`Watch::draining`](crate::Watch::draining).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it holds nothing but its registration, and a new one
+    /// sees a drain that started meanwhile.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Draining {
+        inner: Arc<Inner>,
+        #[pin]
+        notified: OwnedNotified,
+    }
+}
+
+impl Draining {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        let notified = inner.notified();
+        Self { inner, notified }
+    }
+}
+
+impl Future for Draining {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            // Registered before the phase is read: `notify_waiters` wakes
+            // only registered waiters, and every phase change notifies after
+            // storing the phase, so a change after this read still wakes us.
+            this.notified.as_mut().enable();
+            if this.inner.is_draining() {
+                return Poll::Ready(());
+            }
+            ready!(this.notified.as_mut().poll(cx));
+            this.notified.set(this.inner.notified());
+        }
+    }
+}
+
+impl fmt::Debug for Draining {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Draining").finish_non_exhaustive()
+    }
+}
