@@ -578,6 +578,33 @@ impl Watch {
 }
 
 /// The shared state behind every clone of a [`Watch`].
+///
+/// # Invariants
+///
+/// - **The phase only moves forward**: `Running → (LameDuck →) Draining →
+///   Drained`, or to `Forced` from `LameDuck` or `Draining`, always by
+///   compare-exchange ([`advance`](Self::advance)), so each step is taken
+///   once, by one caller.
+/// - **Every atomic is `SeqCst`.** The end of the drain is decided by one
+///   thread reading what others wrote (the phase, `listeners`, `requests`,
+///   the connection registry); one total order over all of them is what
+///   makes the next point hold. They are touched a few times per connection
+///   or request, where `SeqCst` costs what `AcqRel` does on x86.
+/// - **The end cannot be missed.** The drain has ended when the phase is
+///   `Draining` and no listener, request or connection is left. Each event
+///   that can make that true calls [`finish_if_drained`](Self::finish_if_drained)
+///   after its own store: the phase change (through [`changed`](Self::changed)),
+///   the last listener closing, the last request ending, the last
+///   connection closing (its removal and the phase change are ordered by
+///   the registry's mutex, which `finish_if_drained` takes). Whichever store
+///   is last in that order is followed by a check that sees every other, so
+///   some caller finds everything empty. `report` is written once: a
+///   `OnceLock`, checked again under the timeline lock.
+/// - **Lock order**: `timeline`, then `connections` (only [`force`](Self::force)
+///   holds both). No lock is held across an await.
+/// - **No lost wake-up**: waiters register with `notify` before they check
+///   their condition, and every store a waiter waits on is followed by
+///   `notify_waiters`.
 pub(crate) struct Inner {
     config: WatchBuilder,
     phase: AtomicU8,
