@@ -1,4 +1,4 @@
-//! `DrainLayer` allocates nothing per request: `call`, the response future
+//! Nothing tower-drain adds allocates per request. `DrainLayer`: `call`, the response future
 //! and the response body, read to its end, are counted by a counting global
 //! allocator while the drain is idle and while it runs. Only the measuring
 //! thread's allocations count, so the test harness's own threads cannot
@@ -101,5 +101,92 @@ fn drain_layer_does_not_allocate_per_request() {
         allocations(&mut drained),
         hello_allocates,
         "DrainService must not allocate per request while draining"
+    );
+}
+
+/// Allocations per request on a server thread, between two keep-alive runs
+/// of different lengths, so that set-up and signalling cancel out.
+fn server_allocations_per_request(tracked: bool) -> f64 {
+    const SHORT: usize = 200;
+    const LONG: usize = 1_200;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let watch = Watch::new();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    let _context = runtime.enter();
+    if tracked {
+        let listener = tower_drain::GracefulAccept::new(listener, watch.clone());
+        runtime.spawn(async move { axum::serve(listener, app).await });
+    } else {
+        runtime.spawn(async move { axum::serve(listener, app).await });
+    }
+
+    // The client runs on a thread of its own, so only the server's
+    // allocations are counted; it sends `n` requests for each `n` received.
+    let (runs, next_run) = std::sync::mpsc::channel::<usize>();
+    let (done, run_done) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let client = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            while let Ok(n) = next_run.recv() {
+                for _ in 0..n {
+                    let request = Request::get("/")
+                        .header(header::HOST, "localhost")
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    let response = sender.send_request(request).await.unwrap();
+                    http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .unwrap();
+                }
+                done.send(()).unwrap();
+            }
+        });
+    });
+    let mut run_done = run_done;
+    let mut run = |n: usize| {
+        allocation_counter::measure(|| {
+            runs.send(n).unwrap();
+            runtime.block_on(run_done.recv()).unwrap();
+        })
+        .count_total
+    };
+    run(SHORT); // warm up: the connection and everything set up lazily
+    let short = run(SHORT);
+    let long = run(LONG);
+    drop(runs);
+    client.join().unwrap();
+    (long as f64 - short as f64) / (LONG - SHORT) as f64
+}
+
+/// The documented setup, `GracefulAccept` with no per-request layer, makes
+/// the same heap allocations per request as plain axum: its tracking is per
+/// connection. One more allocation per request would add 1.0.
+#[test]
+fn tracked_connections_do_not_allocate_per_request() {
+    let plain = server_allocations_per_request(false);
+    let tracked = server_allocations_per_request(true);
+    assert!(
+        plain >= 1.0,
+        "the counter sees axum's own allocations: {plain}"
+    );
+    assert!(
+        (tracked - plain).abs() < 0.5,
+        "plain axum makes {plain:.2} allocations per request, GracefulAccept {tracked:.2}"
     );
 }
