@@ -330,7 +330,9 @@ impl<L: DrainableListener> GracefulAccept<L> {
 
     /// Accepts the next connection.
     ///
-    /// After the drain has closed the listener, this never resolves.
+    /// Once the drain has closed the socket and handed out every connection
+    /// it took from the queue, this never resolves: a hand-written loop ends
+    /// on [`Watch::shutdown_signal`], not on `accept`.
     ///
     /// # Cancel safety
     ///
@@ -617,6 +619,21 @@ fn is_transient(error: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
     )
+}
+
+impl<L: DrainableListener> Drop for GracefulAccept<L> {
+    fn drop(&mut self) {
+        // Connections the drain took from the kernel's queue but the server
+        // never took from us: closing them unread resets them, as the
+        // kernel would have. The report must not call that clean.
+        if !self.drained.is_empty() {
+            tracing::error!(
+                connections = self.drained.len(),
+                "dropped with connections taken from the queue but not yet handed to the server: they are reset",
+            );
+            self.watch.inner.listener_drained(0, self.drained.len());
+        }
+    }
 }
 
 impl<L: DrainableListener + fmt::Debug> fmt::Debug for GracefulAccept<L> {

@@ -27,7 +27,9 @@ pub struct DrainReport {
     /// Connections still waiting in an accept queue when its listener
     /// closed, which the kernel reset: the drain could not accept them in
     /// time (out of file descriptors, say) or they arrived in the instant of
-    /// the close. Counted where the kernel says (TCP on Linux).
+    /// the close. Counted where the kernel says (TCP on Linux). Also counts
+    /// connections the drain took from the queue that the server never took
+    /// from the [`GracefulAccept`](crate::GracefulAccept) before dropping it.
     pub reset_in_queue: usize,
     /// Connections closed because their first request head was still
     /// incomplete when the

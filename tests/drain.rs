@@ -42,6 +42,35 @@ async fn queued_connections_are_all_served() {
     assert_eq!(report.forced, None);
 }
 
+/// A `GracefulAccept` dropped while it still holds connections the drain
+/// took from the queue: they are reset, and the report says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_listener_mid_drain_is_not_clean() {
+    const QUEUED: usize = 10;
+    let listener = bind(localhost(), false);
+    let addr = listener.local_addr().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..QUEUED {
+        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
+    }
+    let watch = Watch::new();
+    let mut listener = GracefulAccept::new(listener, watch.clone());
+    watch.trigger();
+    // The first accept takes the whole queue from the kernel and hands out
+    // one connection; the server stops there.
+    let (served, _) = within("the first accept", listener.accept()).await;
+    drop(listener);
+    drop(served);
+
+    for mut client in clients.drain(1..) {
+        let outcome = within("the close", read_response(&mut client)).await;
+        assert_eq!(outcome, Outcome::Reset);
+    }
+    let report = within("the drain", watch.drained()).await;
+    assert_eq!(report.reset_in_queue, QUEUED - 1, "{report}");
+    assert!(!report.is_clean(), "{report}");
+}
+
 /// A server on a free port with one request held inside `/hold`.
 async fn holding_a_request(watch: Watch) -> (Server, tokio::net::TcpStream) {
     let server = Server::start(bind(localhost(), false), watch);
