@@ -10,67 +10,49 @@
 //! already signalled, and counts how many clients get their response. Prints
 //! a Markdown table.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
 
-use std::future::ready;
+use std::future::{ready, Future};
 
-use common::{bind, connect_and_send, localhost, read_response, request, Gate, Outcome};
+use tokio::net::TcpListener;
 use tower_drain::{GracefulAccept, Watch};
 
-#[derive(Default)]
-struct Tally {
-    served: usize,
-    reset: usize,
-    unanswered: usize,
-    other: usize,
-}
-
-impl Tally {
-    fn add(&mut self, outcome: &Outcome) {
-        match outcome {
-            o if o.is_ok() => self.served += 1,
-            Outcome::Reset => self.reset += 1,
-            Outcome::Unanswered => self.unanswered += 1,
-            _ => self.other += 1,
-        }
-    }
-}
+use support::{answer, app, send, Tally};
 
 /// Queues `queued` requests on a new listener, runs `serve` on it, and
 /// tallies what the clients got.
 async fn trial<F, Fut>(queued: usize, serve: F, tally: &mut Tally)
 where
-    F: FnOnce(tokio::net::TcpListener) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    F: FnOnce(TcpListener) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = bind(localhost(), false);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut clients = Vec::new();
     for _ in 0..queued {
-        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
+        clients.push(send(addr, false).await.unwrap());
     }
     let server = tokio::spawn(serve(listener));
-    for mut client in clients {
-        tally.add(&read_response(&mut client).await);
+    for client in clients {
+        tally.add(answer(client).await);
     }
     server.await.unwrap();
 }
 
-async fn plain_axum(listener: tokio::net::TcpListener) {
-    let app = common::app(Watch::new(), Gate::default());
-    axum::serve(listener, app)
+/// Plain axum, its graceful shutdown signalled from the start.
+async fn plain_axum(listener: TcpListener) {
+    axum::serve(listener, app())
         .with_graceful_shutdown(ready(()))
         .await
         .unwrap();
 }
 
-async fn tower_drain(listener: tokio::net::TcpListener) {
+/// tower-drain, its watch triggered from the start.
+async fn tower_drain(listener: TcpListener) {
     let watch = Watch::new();
     let listener = GracefulAccept::new(listener, watch.clone());
     watch.trigger();
-    let app = common::app(watch.clone(), Gate::default());
-    axum::serve(listener, app)
+    axum::serve(listener, app())
         .with_graceful_shutdown(watch.shutdown_signal())
         .await
         .unwrap();

@@ -20,19 +20,29 @@
 //!
 //! Servers are this same program run as `restarts serve ...`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
 
 use std::{
     net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     process::{ExitCode, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
-use axum::{routing::get, Router};
-use common::{load::Load, process::Process, Outcome};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::watch,
+    task::JoinHandle,
+};
 use tower_drain::{restart::Listeners, DrainLayer, Watch};
+
+use support::{answer, app, failure, send, Outcome, Tally};
 
 /// One way of restarting, for one server.
 #[derive(Clone, Copy)]
@@ -79,29 +89,11 @@ const WAYS: [Way; 5] = [
 ];
 
 /// What became of the requests sent during one way's restarts.
-#[derive(Default)]
-struct Tally {
-    sent: usize,
-    served: usize,
-    reset: usize,
-    refused: usize,
-    unanswered: usize,
-    other: usize,
-    /// Old servers that exited with a status other than 0.
+struct Row {
+    way: Way,
+    tally: Tally,
+    /// Old servers that did not exit with status 0.
     failed_exits: usize,
-}
-
-impl Tally {
-    fn add(&mut self, outcome: &Outcome) {
-        self.sent += 1;
-        match outcome {
-            o if o.is_ok() => self.served += 1,
-            Outcome::Reset => self.reset += 1,
-            Outcome::Refused => self.refused += 1,
-            Outcome::Unanswered => self.unanswered += 1,
-            _ => self.other += 1,
-        }
-    }
 }
 
 struct Options {
@@ -146,7 +138,7 @@ impl Launcher {
             Socket::ServiceManager => {
                 let socket = OwnedFd::from(self.held.try_clone().expect("dup the held socket"));
                 let (prefix, args) = match self.way.server {
-                    "drain" => (common::process::AS_SERVICE_MANAGER, args),
+                    "drain" => (AS_SERVICE_MANAGER, args),
                     _ => ("", format!("{args} --stdin")),
                 };
                 (prefix, args, Stdio::from(socket))
@@ -160,11 +152,12 @@ impl Launcher {
         if self.way.socket != Socket::Handoff {
             old.signal("TERM");
         }
-        old.exit().await.success()
+        old.exit().await
     }
 }
 
-async fn measure(way: Way, options: &Options) -> Tally {
+/// Restarts the server `options.restarts` times the way `way` does, under load.
+async fn measure(way: Way, options: &Options) -> Row {
     let launcher = Launcher::new(way);
     let first = match way.socket {
         Socket::ServiceManager => launcher.held.local_addr().expect("its address"),
@@ -173,43 +166,174 @@ async fn measure(way: Way, options: &Options) -> Tally {
     let mut server = launcher.start(first).await;
     let addr = server.addr;
     let load = Load::start(addr, options.clients);
-    let mut tally = Tally::default();
+    let mut failed_exits = 0;
     for _ in 0..options.restarts {
         load.wait_for(options.between).await;
         let successor = launcher.start(addr).await;
         if !launcher.stop(server).await {
-            tally.failed_exits += 1;
+            failed_exits += 1;
         }
         server = successor;
     }
     load.wait_for(options.between).await;
-    for outcome in load.stop().await {
-        tally.add(&outcome);
-    }
+    let tally = load.stop().await;
     server.signal("TERM");
     server.exit().await;
-    tally
+    Row {
+        way,
+        tally,
+        failed_exits,
+    }
 }
 
-fn print(options: &Options, tallies: &[(Way, Tally)]) {
+/// Prints the table.
+fn print(options: &Options, rows: &[Row]) {
     println!(
         "{} restarts per row, {} clients each opening a new connection per request, {} requests between restarts:\n",
         options.restarts, options.clients, options.between
     );
     println!("| restart | requests | lost | reset | refused | closed unanswered | other | old server exit ≠ 0 |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (way, t) in tallies {
+    for row in rows {
+        let t = &row.tally;
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            way.name,
+            row.way.name,
             t.sent,
             t.sent - t.served,
             t.reset,
             t.refused,
             t.unanswered,
             t.other,
-            t.failed_exits
+            row.failed_exits
         );
+    }
+}
+
+// ---- the servers' processes and the load ----
+
+/// The `sh` prefix that passes a server's standard input to it as a socket
+/// inherited from a service manager: fd 3, `LISTEN_PID` its own pid.
+const AS_SERVICE_MANAGER: &str =
+    "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http;";
+
+/// How long an old server may take to exit before it is killed.
+const EXIT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running server process.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Process {
+    /// Runs `program` with `args` after `shell_prefix` in `sh`, with `stdin`
+    /// as its standard input, and waits until it logs `listening ... addr=ADDR`.
+    async fn spawn(program: &Path, shell_prefix: &str, args: &str, stdin: Stdio) -> Self {
+        let command = format!("{shell_prefix} exec {} {args}", program.display());
+        let mut child = Command::new("sh")
+            .args(["-c", &command])
+            .stdin(stdin)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a server");
+        let mut log = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let addr = loop {
+            let line = log.next_line().await.expect("read the server's log");
+            let line = line.expect("the server exited before it listened");
+            if let Some((_, addr)) = line
+                .split_once("listening")
+                .and_then(|(_, rest)| rest.split_once("addr="))
+            {
+                break addr
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .expect("an address");
+            }
+        };
+        // Read the rest of the log, so that the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+        Self { child, addr }
+    }
+
+    /// Sends the signal `name` to the server.
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("the server is running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// Waits for the server to exit, killing it after [`EXIT_PATIENCE`];
+    /// whether it exited by itself with status 0.
+    async fn exit(mut self) -> bool {
+        match tokio::time::timeout(EXIT_PATIENCE, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the server").success(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Clients that each open a new connection per request, without pause.
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// Requests completed so far, whatever their outcome.
+    done: Arc<watch::Sender<usize>>,
+    clients: Vec<JoinHandle<Vec<Outcome>>>,
+}
+
+impl Load {
+    /// Starts `clients` clients sending to `addr`.
+    fn start(addr: SocketAddr, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(watch::Sender::new(0));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, done) = (stop.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut outcomes = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        outcomes.push(match send(addr, true).await {
+                            Ok(stream) => answer(stream).await,
+                            Err(error) => failure(&error),
+                        });
+                        done.send_modify(|done| *done += 1);
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            done,
+            clients,
+        }
+    }
+
+    /// Waits until `requests` more requests have completed.
+    async fn wait_for(&self, requests: usize) {
+        let mut done = self.done.subscribe();
+        let target = *done.borrow() + requests;
+        done.wait_for(|done| *done >= target)
+            .await
+            .expect("the load holds the sender");
+    }
+
+    /// Stops the clients; what became of every request they sent.
+    async fn stop(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut tally = Tally::default();
+        for client in self.clients {
+            for outcome in client.await.expect("a client") {
+                tally.add(outcome);
+            }
+        }
+        tally
     }
 }
 
@@ -238,10 +362,6 @@ async fn serve(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn app() -> Router {
-    Router::new().route("/", get(|| async { "hello" }))
 }
 
 /// Plain axum on its own `SO_REUSEPORT` socket, or on the socket passed as
@@ -323,11 +443,11 @@ async fn main() -> ExitCode {
         clients,
         between,
     };
-    let mut tallies = Vec::new();
+    let mut rows = Vec::new();
     for way in WAYS {
         eprintln!("measuring: {}", way.name);
-        tallies.push((way, measure(way, &options).await));
+        rows.push(measure(way, &options).await);
     }
-    print(&options, &tallies);
+    print(&options, &rows);
     ExitCode::SUCCESS
 }

@@ -35,7 +35,7 @@
 //!
 //! The drain runs in this order once the [`Watch`] is triggered:
 //!
-//! 1. [`Readiness`] answers 503 and [`DrainLayer`] marks HTTP/1 responses
+//! 1. [`Readiness`] answers 503 and [`DrainLayer`], if used, marks HTTP/1 responses
 //!    `Connection: close`. With a [`lame_duck`](WatchBuilder::lame_duck)
 //!    period the server goes on serving until it ends, so that load
 //!    balancers stop routing here before the listeners close.
@@ -64,9 +64,12 @@
 //! # Features
 //!
 //! - `axum` (default): `axum::serve::Listener` for [`GracefulAccept`] (and
-//!   `TlsAccept`), and [`Watch`] as an extractor.
+//!   `TlsAccept`), [`DrainLayer::around_router`], and [`Observer`] as an
+//!   extractor.
 //! - `rustls`: `TlsAccept`, TLS termination whose handshakes run
 //!   concurrently and finish before the server stops.
+//! - `tonic`: a [`GracefulAccept`] is a stream of connections that tonic's
+//!   `serve_with_incoming_shutdown` takes, and [`TrackedIo`] is `Connected`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -96,6 +99,8 @@ mod stream;
 mod sys;
 #[cfg(feature = "rustls")]
 mod tls;
+#[cfg(feature = "tonic")]
+mod tonic;
 mod watch;
 
 pub use crate::accept::GracefulAccept;

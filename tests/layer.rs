@@ -1,11 +1,12 @@
 //! Unit tests of `DrainLayer`: request counting through response bodies, `Connection: close` while draining, and the `Watch` extension and extractor, without sockets.
 
+mod common;
+
 use std::{
     convert::Infallible,
-    future::{ready, IntoFuture, Ready},
+    future::{ready, Ready},
     io,
     sync::mpsc as std_mpsc,
-    time::Duration,
 };
 
 use axum::{routing::get, Router};
@@ -18,15 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tower::{util::ServiceFn, Service, ServiceBuilder, ServiceExt};
 use tower_drain::{layer::DrainService, DrainLayer, Observer, Phase, Watch};
 
-/// The outer bound on any wait: only reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Awaits `future`, failing the test if it takes longer than [`PATIENCE`].
-async fn within<F: IntoFuture>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
+use common::within;
 
 // ----- services, handlers and bodies -----
 
@@ -336,7 +329,10 @@ async fn observer_extension_only_when_asked() {
     let observer = found.expect("the extension is set");
     assert!(observer.is_ready());
     watch.trigger();
-    assert!(!observer.is_ready(), "the extension observes the layer's watch");
+    assert!(
+        !observer.is_ready(),
+        "the extension observes the layer's watch"
+    );
 }
 
 /// Answers with the phase the extracted `Observer` sees.

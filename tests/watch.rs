@@ -1,14 +1,14 @@
 //! Unit tests of `Watch`: phases, counts, the waiting futures, the deadline and the report, without sockets.
 
+mod common;
+
 use std::{
     convert::Infallible,
-    future::IntoFuture,
+    fmt::Debug,
+    future::Future,
     io,
-    sync::{
-        atomic::{AtomicBool, Ordering::SeqCst},
-        Arc,
-    },
-    task::{Context, Poll, Wake, Waker},
+    sync::Arc,
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -22,24 +22,20 @@ use tokio::{
     task::JoinSet,
     time::Instant,
 };
+use tokio_test::{
+    assert_pending, assert_ready,
+    task::{self, Spawn},
+};
 use tower::{service_fn, ServiceExt};
 use tower_drain::{
     layer::{DrainBody, DrainService},
-    DrainReport, DrainableListener, ForceCause, GracefulAccept, Phase, TrackedIo, Watch,
+    DrainReport, DrainableListener, Draining, ForceCause, GracefulAccept, Phase, TrackedIo, Watch,
 };
 
-/// The outer bound on any wait: only reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(60);
+use common::within;
 
 /// The smallest step of the paused clock these tests take.
 const TICK: Duration = Duration::from_millis(1);
-
-/// Awaits `future`, failing the test if it takes longer than [`PATIENCE`].
-async fn within<F: IntoFuture>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 // ----- listeners and connections in memory -----
 
@@ -128,41 +124,28 @@ fn open_request(watch: &Watch) -> InFlight {
 
 // ----- polling futures by hand -----
 
-/// Records whether a [`Probe`]'s future woke its task.
-#[derive(Default)]
-struct WakeFlag(AtomicBool);
-
-impl Wake for WakeFlag {
-    fn wake(self: Arc<Self>) {
-        self.0.store(true, SeqCst);
-    }
-}
-
-/// Polls a future by hand, and checks that a future which was pending woke
-/// its task before it resolved (no lost wake-up).
-struct Probe<O> {
-    future: BoxFuture<'static, O>,
-    woken: Arc<WakeFlag>,
+/// A future polled by hand until it resolves, and its output then.
+struct Waiter<F: Future> {
+    task: Spawn<F>,
     polled: bool,
-    output: Option<O>,
+    output: Option<F::Output>,
 }
 
-impl<O> Probe<O> {
-    fn new(future: BoxFuture<'static, O>) -> Self {
+impl<F: Future> Waiter<F> {
+    fn new(future: F) -> Self {
         Self {
-            future,
-            woken: Arc::default(),
+            task: task::spawn(future),
             polled: false,
             output: None,
         }
     }
 
-    /// Whether the future has resolved, polling it if it has not yet.
+    /// Whether the future has resolved, polling it if it has not yet: one
+    /// that was pending must have woken its task first (no lost wake-up).
     fn is_ready(&mut self) -> bool {
         if self.output.is_none() {
-            let woken = self.woken.0.swap(false, SeqCst);
-            let waker = Waker::from(self.woken.clone());
-            if let Poll::Ready(output) = self.future.poll_unpin(&mut Context::from_waker(&waker)) {
+            let woken = self.task.is_woken();
+            if let Poll::Ready(output) = self.task.poll() {
                 assert!(woken || !self.polled, "resolved without waking its task");
                 self.output = Some(output);
             }
@@ -172,27 +155,27 @@ impl<O> Probe<O> {
     }
 
     /// The output of a resolved future.
-    fn output(mut self) -> O {
+    fn output(mut self) -> F::Output {
         assert!(self.is_ready(), "the future has not resolved");
         self.output.take().unwrap()
     }
 }
 
-/// A probe on each of a watch's four futures.
+/// Each of a watch's four futures, polled by hand.
 struct Waiters {
-    draining: Probe<()>,
-    listeners_closed: Probe<()>,
-    shutdown_signal: Probe<()>,
-    drained: Probe<DrainReport>,
+    draining: Waiter<Draining>,
+    listeners_closed: Waiter<BoxFuture<'static, ()>>,
+    shutdown_signal: Waiter<BoxFuture<'static, ()>>,
+    drained: Waiter<BoxFuture<'static, DrainReport>>,
 }
 
 impl Waiters {
     fn new(watch: &Watch) -> Self {
         Self {
-            draining: Probe::new(watch.draining().boxed()),
-            listeners_closed: Probe::new(watch.listeners_closed().boxed()),
-            shutdown_signal: Probe::new(watch.shutdown_signal().boxed()),
-            drained: Probe::new(watch.drained().boxed()),
+            draining: Waiter::new(watch.draining()),
+            listeners_closed: Waiter::new(watch.listeners_closed().boxed()),
+            shutdown_signal: Waiter::new(watch.shutdown_signal().boxed()),
+            drained: Waiter::new(watch.drained().boxed()),
         }
     }
 
@@ -212,15 +195,19 @@ impl Waiters {
 
 /// Drops a pending `waiter()` mid-wait, makes another, runs `event`: the new
 /// one is woken and resolves, and one made afterwards resolves at once.
-fn assert_cancel_safe<O>(waiter: impl Fn() -> BoxFuture<'static, O>, event: impl FnOnce()) {
-    let mut cancelled = Probe::new(waiter());
-    assert!(!cancelled.is_ready());
+fn assert_cancel_safe<F: Future>(waiter: impl Fn() -> F, event: impl FnOnce())
+where
+    F::Output: Debug,
+{
+    let mut cancelled = task::spawn(waiter());
+    assert_pending!(cancelled.poll());
     drop(cancelled);
-    let mut waiting = Probe::new(waiter());
-    assert!(!waiting.is_ready());
+    let mut waiting = task::spawn(waiter());
+    assert_pending!(waiting.poll());
     event();
-    assert!(waiting.is_ready());
-    assert!(Probe::new(waiter()).is_ready());
+    assert!(waiting.is_woken(), "the waiter's task was not woken");
+    assert_ready!(waiting.poll());
+    assert_ready!(task::spawn(waiter()).poll());
 }
 
 // ----- phases and counts -----
@@ -329,15 +316,16 @@ async fn open_connection_holds_the_drain() {
     let (mut listener, dialer) = listen(&watch);
     let (io, _client) = connect(&mut listener, &dialer).await;
     drop(listener);
-    let mut drained = Probe::new(watch.drained().boxed());
+    let mut drained = task::spawn(watch.drained());
 
     watch.trigger();
     assert_eq!(watch.phase(), Phase::Draining);
-    assert!(!drained.is_ready());
+    assert_pending!(drained.poll());
 
     drop(io);
     assert_eq!(watch.phase(), Phase::Drained);
-    assert_eq!(drained.output().forced, None);
+    assert!(drained.is_woken(), "drained() did not wake its task");
+    assert_eq!(assert_ready!(drained.poll()).forced, None);
 }
 
 // ----- forcing -----
@@ -577,9 +565,9 @@ async fn polled_listener_drains_its_queue_then_closes() {
     let watch = Watch::new();
     let (mut listener, dialer) = listen(&watch);
     let _clients = [dialer.dial(), dialer.dial()];
-    let mut shutdown_signal = Probe::new(watch.shutdown_signal().boxed());
+    let mut shutdown_signal = task::spawn(watch.shutdown_signal());
     watch.trigger();
-    assert!(!shutdown_signal.is_ready());
+    assert_pending!(shutdown_signal.poll());
 
     let server = tokio::spawn(async move {
         loop {
@@ -588,7 +576,11 @@ async fn polled_listener_drains_its_queue_then_closes() {
     });
     within("the listener to close", watch.listeners_closed()).await;
     assert_eq!(watch.listeners(), 0);
-    assert!(shutdown_signal.is_ready());
+    assert!(
+        shutdown_signal.is_woken(),
+        "shutdown_signal() did not wake its task"
+    );
+    assert_ready!(shutdown_signal.poll());
     let report = within("the drain", watch.drained()).await;
     assert_eq!(report.accepted_from_queue, 2);
     server.abort();
@@ -605,12 +597,16 @@ async fn shutdown_signal_waits_for_the_first_byte() {
     let (mut io, mut client) = connect(&mut listener, &dialer).await;
     watch.trigger();
     drop(listener);
-    let mut shutdown_signal = Probe::new(watch.shutdown_signal().boxed());
-    assert!(!shutdown_signal.is_ready());
+    let mut shutdown_signal = task::spawn(watch.shutdown_signal());
+    assert_pending!(shutdown_signal.poll());
 
     client.write_all(b"G").await.unwrap();
     io.read_exact(&mut [0; 1]).await.unwrap();
-    assert!(shutdown_signal.is_ready());
+    assert!(
+        shutdown_signal.is_woken(),
+        "shutdown_signal() did not wake its task"
+    );
+    assert_ready!(shutdown_signal.poll());
 }
 
 /// Bytes that could still be the start of the HTTP/2 preface do not decide the protocol: `shutdown_signal()` holds back until a byte differs from it (`P`, then `OST`) or the whole preface has been read.
@@ -631,12 +627,13 @@ async fn shutdown_signal_waits_until_the_protocol_is_decided() {
         io.read_exact(&mut vec![0; first.len()]).await.unwrap();
         watch.trigger();
         drop(listener);
-        let mut shutdown_signal = Probe::new(watch.shutdown_signal().boxed());
-        assert!(!shutdown_signal.is_ready(), "after {first:?}");
+        let mut shutdown_signal = task::spawn(watch.shutdown_signal());
+        assert_pending!(shutdown_signal.poll(), "after {first:?}");
 
         client.write_all(rest).await.unwrap();
         io.read_exact(&mut vec![0; rest.len()]).await.unwrap();
-        assert!(shutdown_signal.is_ready(), "after {rest:?}");
+        assert!(shutdown_signal.is_woken(), "not woken after {rest:?}");
+        assert_ready!(shutdown_signal.poll(), "after {rest:?}");
     }
 }
 
@@ -741,7 +738,7 @@ async fn request_head_started_after_its_grace_is_cut_off_at_once() {
 #[tokio::test]
 async fn draining_is_cancel_safe() {
     let watch = Watch::new();
-    assert_cancel_safe(|| watch.draining().boxed(), || watch.trigger());
+    assert_cancel_safe(|| watch.draining(), || watch.trigger());
 }
 
 /// `listeners_closed()` dropped mid-wait: a new one still sees the last listener close.
@@ -750,7 +747,7 @@ async fn listeners_closed_is_cancel_safe() {
     let watch = Watch::new();
     let (listener, _dialer) = listen(&watch);
     watch.trigger();
-    assert_cancel_safe(|| watch.listeners_closed().boxed(), || drop(listener));
+    assert_cancel_safe(|| watch.listeners_closed(), || drop(listener));
 }
 
 /// `shutdown_signal()` dropped mid-wait: a new one still sees the force.
@@ -759,7 +756,7 @@ async fn shutdown_signal_is_cancel_safe() {
     let watch = Watch::new();
     let (_listener, _dialer) = listen(&watch);
     watch.trigger();
-    assert_cancel_safe(|| watch.shutdown_signal().boxed(), || watch.force());
+    assert_cancel_safe(|| watch.shutdown_signal(), || watch.force());
 }
 
 /// `drained()` dropped mid-wait: a new one still sees the last request end.
@@ -768,7 +765,7 @@ async fn drained_is_cancel_safe() {
     let watch = Watch::new();
     let request = open_request(&watch);
     watch.trigger();
-    assert_cancel_safe(|| watch.drained().map(drop).boxed(), || drop(request));
+    assert_cancel_safe(|| watch.drained(), || drop(request));
 }
 
 /// Many tasks creating waiters on a multi-thread runtime while other tasks trigger and close everything: every waiter finishes, 200 times over.

@@ -185,7 +185,9 @@ async fn slow(Query(Slow { ms }): Query<Slow>) -> String {
 
 /// `data: tick N` every 100 ms; when the drain starts, `event: close` with
 /// `data: draining`, and the stream ends.
-async fn events(State(observer): State<Observer>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn events(
+    State(observer): State<Observer>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let ticks = stream::unfold(0u64, |n| async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         Some((Ok(Event::default().data(format!("tick {n}"))), n + 1))

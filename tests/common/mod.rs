@@ -6,7 +6,7 @@
 pub mod load;
 pub mod process;
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::IntoFuture, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{extract::State, routing::get, Router};
 use tokio::{
@@ -21,8 +21,9 @@ use tower_drain::{DrainLayer, DrainReport, GracefulAccept, Readiness, Watch};
 /// machine never fails them, and only reached when something is broken.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Awaits `future`, failing the test if it takes longer than [`PATIENCE`].
-pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
+/// Awaits `future`, failing the test if it takes longer than [`PATIENCE`]
+/// (of the paused clock, in tests that pause it).
+pub async fn within<F: IntoFuture>(what: &str, future: F) -> F::Output {
     match tokio::time::timeout(PATIENCE, future).await {
         Ok(output) => output,
         Err(_) => panic!("timed out waiting for {what}"),
