@@ -29,7 +29,6 @@ use std::{
 };
 
 use ::axum::{
-    body::Body,
     extract::{FromRequestParts, Request},
     http::{request::Parts, StatusCode},
     response::{IntoResponse, Response},
@@ -41,24 +40,41 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    layer::{DrainLayer, DrainService, ResponseFuture},
+    layer::{DrainBody, DrainLayer, DrainService, ResponseFuture},
     DrainableListener, GracefulAccept, Observer, TrackedIo,
 };
 
 impl DrainLayer {
-    /// Wraps a whole `Router`, ready for `axum::serve`: the cheaper
-    /// placement, since `Router::layer` wraps every route on its own.
+    /// Wraps a whole `Router`, ready for `axum::serve` on a
+    /// [`GracefulAccept`] or `TlsAccept`: the cheaper placement, since
+    /// `Router::layer` wraps every route on its own.
     pub fn around_router(&self, router: Router) -> DrainRouter {
         DrainRouter {
-            inner: self.layer(router),
+            // Every route in its final form once, as `Router` does for each
+            // connection; the connections then share it.
+            inner: self.layer(router.with_state(())),
         }
     }
 }
 
-/// A `Router` behind a [`DrainLayer`], answering with axum's `Body`; return
-/// type of [`DrainLayer::around_router`].
+/// A `Router` behind a [`DrainLayer`]; return type of
+/// [`DrainLayer::around_router`].
 ///
-/// It is its own make-service, like `Router`: pass it to `axum::serve`.
+/// It is its own make-service, like `Router`, for listeners whose
+/// connections the drain tracks ([`TrackedConnection`]): pass it to
+/// `axum::serve` with a [`GracefulAccept`]. A tracked connection keeps the
+/// drain open until the response body is written, so the body is left as it
+/// is (no extra allocation) and a request counts in
+/// [`Watch::requests`](crate::Watch::requests) until its response head is
+/// ready. For untracked connections, use `Router::layer(DrainLayer)`, which
+/// counts a request until its body ends; a plain listener does not compile:
+///
+/// ```compile_fail
+/// # async fn serve(app: axum::Router, watch: tower_drain::Watch) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// axum::serve(listener, tower_drain::DrainLayer::new(watch).around_router(app)).await
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct DrainRouter {
     inner: DrainService<Router>,
@@ -82,7 +98,11 @@ impl Service<Request> for DrainRouter {
     }
 }
 
-impl<L: Listener> Service<IncomingStream<'_, L>> for DrainRouter {
+impl<L> Service<IncomingStream<'_, L>> for DrainRouter
+where
+    L: Listener,
+    L::Io: TrackedConnection,
+{
     type Response = Self;
     type Error = Infallible;
     type Future = Ready<Result<Self, Infallible>>;
@@ -92,11 +112,27 @@ impl<L: Listener> Service<IncomingStream<'_, L>> for DrainRouter {
     }
 
     fn call(&mut self, _connection: IncomingStream<'_, L>) -> Self::Future {
-        // As `Router` does for itself: turn every route into its final form
-        // once per connection, not once per request.
-        let inner = self.inner.clone().map_inner(|router| router.with_state(()));
-        ready(Ok(Self { inner }))
+        ready(Ok(self.clone()))
     }
+}
+
+/// A connection the drain tracks until it closes: [`TrackedIo`], and
+/// `TlsIo` over one. Sealed.
+pub trait TrackedConnection: sealed::Sealed {}
+
+impl<I> TrackedConnection for TrackedIo<I> {}
+
+#[cfg(feature = "rustls")]
+impl<I> TrackedConnection for crate::TlsIo<I> {}
+
+mod sealed {
+    /// Only tower-drain's connection types are tracked.
+    pub trait Sealed {}
+
+    impl<I> Sealed for crate::TrackedIo<I> {}
+
+    #[cfg(feature = "rustls")]
+    impl<I> Sealed for crate::TlsIo<I> {}
 }
 
 pin_project! {
@@ -113,7 +149,7 @@ impl Future for RouterFuture {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let response = ready_poll!(self.project().inner.poll(cx))?;
-        Poll::Ready(Ok(response.map(Body::new)))
+        Poll::Ready(Ok(response.map(DrainBody::complete)))
     }
 }
 

@@ -137,16 +137,6 @@ impl<S> DrainService<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
-
-    /// The same layer around `f(inner)`.
-    #[cfg(feature = "axum")]
-    pub(crate) fn map_inner<T>(self, f: impl FnOnce(S) -> T) -> DrainService<T> {
-        DrainService {
-            inner: f(self.inner),
-            watch: self.watch,
-            extension: self.extension,
-        }
-    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for DrainService<S>
@@ -272,6 +262,19 @@ impl<B: Body> Body for DrainBody<B> {
     #[inline]
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> DrainBody<B> {
+    /// Counts the request as completed now, and unwraps the body: for
+    /// connections the drain tracks, which hold it open until the body is
+    /// written.
+    #[cfg(feature = "axum")]
+    pub(crate) fn complete(self) -> B {
+        if let Some(mut token) = self.token {
+            token.ended();
+        }
+        self.inner
     }
 }
 

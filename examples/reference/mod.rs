@@ -23,6 +23,7 @@ use futures_util::{stream, Stream};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tower_drain::{
+    axum::TrackedConnection,
     restart::{Listeners, Origin},
     DrainLayer, EndOnDrain, GracefulAccept, Observer, Readiness, Watch,
 };
@@ -235,6 +236,7 @@ pub(crate) async fn serve<L>(listener: L, watch: Watch) -> ExitCode
 where
     L: Listener,
     L::Addr: Debug,
+    L::Io: TrackedConnection,
 {
     let app = app(&watch);
     let served = if watch.lame_duck().is_zero() {
