@@ -20,6 +20,7 @@ use crate::{
     listener::DrainableListener,
     shared::SharedSocket,
     watch::Watch,
+    Draining,
 };
 
 /// Default [`GracefulAccept::queue_drain_limit`].
@@ -95,7 +96,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub struct GracefulAccept<L: DrainableListener> {
     listener: Option<Open<L>>,
     watch: Watch,
-    draining: Pin<Box<dyn Future<Output = ()> + Send>>,
+    draining: Pin<Box<Draining>>,
     state: State,
     limits: Limits,
     /// Connections taken from the queue by the drain, counted but not yet

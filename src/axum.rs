@@ -86,8 +86,8 @@ impl Service<Request> for DrainRouter {
     type Future = RouterFuture;
 
     #[inline]
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request>::poll_ready(&mut self.inner, cx)
     }
 
     #[inline]

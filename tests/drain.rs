@@ -9,17 +9,24 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_drain::{DrainReport, ForceCause, GracefulAccept, Phase, Watch};
 
+/// A listener nobody accepts on yet, and `count` clients queued on it, each
+/// with its request sent.
+async fn queued(count: usize) -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let listener = bind(localhost(), false);
+    let addr = listener.local_addr().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
+    }
+    (listener, clients)
+}
+
 /// Connections queued in the kernel when the drain starts, their requests
 /// already sent, are all answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_connections_are_all_served() {
     const QUEUED: usize = 50;
-    let listener = bind(localhost(), false);
-    let addr = listener.local_addr().unwrap();
-    let mut clients = Vec::new();
-    for _ in 0..QUEUED {
-        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
-    }
+    let (listener, clients) = queued(QUEUED).await;
     // The drain starts before the server has accepted any of them.
     let watch = Watch::new();
     let listener = GracefulAccept::new(listener, watch.clone());
@@ -47,12 +54,7 @@ async fn queued_connections_are_all_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_listener_mid_drain_is_not_clean() {
     const QUEUED: usize = 10;
-    let listener = bind(localhost(), false);
-    let addr = listener.local_addr().unwrap();
-    let mut clients = Vec::new();
-    for _ in 0..QUEUED {
-        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
-    }
+    let (listener, mut clients) = queued(QUEUED).await;
     let watch = Watch::new();
     let mut listener = GracefulAccept::new(listener, watch.clone());
     watch.trigger();

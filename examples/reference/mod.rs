@@ -34,7 +34,8 @@ pub(crate) struct Options {
     pub(crate) reuse_port: bool,
     /// Where to take the socket over from, and serve it for a successor.
     pub(crate) handoff: Option<PathBuf>,
-    pub(crate) grace: Duration,
+    /// `None`: the `Watch`'s default.
+    pub(crate) grace: Option<Duration>,
     pub(crate) lame_duck: Duration,
     /// PEM files (TLS server only).
     pub(crate) cert: Option<PathBuf>,
@@ -61,7 +62,7 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         reuse_port: false,
         handoff: None,
-        grace: tower_drain::Watch::new().grace(),
+        grace: None,
         lame_duck: Duration::ZERO,
         cert: None,
         key: None,
@@ -77,7 +78,7 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
             }
             "--reuse-port" => options.reuse_port = true,
             "--handoff" => options.handoff = Some(value("--handoff")?.into()),
-            "--grace" => options.grace = seconds("--grace", &value("--grace")?)?,
+            "--grace" => options.grace = Some(seconds("--grace", &value("--grace")?)?),
             "--lame-duck" => options.lame_duck = seconds("--lame-duck", &value("--lame-duck")?)?,
             "--cert" if tls => options.cert = Some(value("--cert")?.into()),
             "--key" if tls => options.key = Some(value("--key")?.into()),
@@ -112,14 +113,14 @@ pub(crate) fn init_tracing() {
 /// triggered by SIGTERM, SIGINT and SIGHUP. A lame duck that leaves no time
 /// for the drain is bad input (exit 2).
 pub(crate) fn watch(options: &Options) -> Result<Watch, ExitCode> {
-    let watch = Watch::builder()
-        .grace(options.grace)
-        .lame_duck(options.lame_duck)
-        .build()
-        .map_err(|e| {
-            eprintln!("error: --lame-duck {:?}: {e}", options.lame_duck);
-            ExitCode::from(2)
-        })?;
+    let mut builder = Watch::builder().lame_duck(options.lame_duck);
+    if let Some(grace) = options.grace {
+        builder = builder.grace(grace);
+    }
+    let watch = builder.build().map_err(|e| {
+        eprintln!("error: --lame-duck {:?}: {e}", options.lame_duck);
+        ExitCode::from(2)
+    })?;
     watch
         .trigger_on_signals()
         .map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
