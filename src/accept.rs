@@ -16,11 +16,11 @@ use std::{
 use tokio::time::{Instant, Sleep};
 
 use crate::{
+    future::Draining,
     io::{ConnectionToken, TrackedIo},
     listener::DrainableListener,
     shared::SharedSocket,
     watch::Watch,
-    Draining,
 };
 
 /// Default [`GracefulAccept::queue_drain_limit`].
@@ -94,14 +94,18 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// # }
 /// ```
 pub struct GracefulAccept<L: DrainableListener> {
-    listener: Option<Open<L>>,
+    state: State<L>,
+    /// Connections the drain took from the queue, counted but not yet
+    /// registered with the runtime nor handed out. They outlive the socket:
+    /// the drain closes it first and hands them out after.
+    handoff: VecDeque<(ConnectionToken, L::Queued)>,
+    /// Armed after an accept error such as `EMFILE`: no accept until it fires.
+    backoff: Option<Pin<Box<Sleep>>>,
     watch: Watch,
+    /// Wakes the task when the drain starts. Boxed because it is `!Unpin`
+    /// and `accept` takes `&mut self`, not a pinned `self`.
     draining: Pin<Box<Draining>>,
-    state: State,
     limits: Limits,
-    /// Connections taken from the queue by the drain, counted but not yet
-    /// registered with the runtime nor handed out.
-    drained: VecDeque<(ConnectionToken, L::Queued)>,
     shared: Arc<SharedSocket>,
     /// Whether `shared` has been told that this listener accepts.
     announced: bool,
@@ -117,6 +121,18 @@ type Accepted<L> = (
 /// out, so that the socket closes without waiting on the server between
 /// connections, and no call blocks for long.
 const DRAIN_BATCH: usize = 256;
+
+/// Where a [`GracefulAccept`] stands. It only moves forward:
+/// `Accepting → Draining → Closed`, or `Accepting → Closed` for a socket
+/// another process holds too.
+enum State<L> {
+    /// Serving: accepting the usual way until the drain starts.
+    Accepting { open: Open<L> },
+    /// Emptying the kernel's queue; the socket closes when it is empty.
+    Draining { open: Open<L>, drain: Drain },
+    /// The socket is closed; only connections in `handoff` are left.
+    Closed,
+}
 
 /// The open socket and its registration, dropped together: the socket first,
 /// then the registration, so `listeners_closed` implies the socket is closed.
@@ -142,38 +158,19 @@ struct Limits {
     straggler_wait: Duration,
 }
 
-enum State {
-    Accepting,
-    /// Pausing after an accept error such as `EMFILE`.
-    Backoff(Pin<Box<Sleep>>),
-    Draining(Drain),
-    Closed,
-}
-
+/// The queue drain in progress.
 struct Drain {
+    /// Connections taken from the queue (and stragglers accepted) so far.
     accepted: usize,
+    /// When the drain closes the socket however full the queue is.
     until: Instant,
     /// Armed when the queue is first found empty: until when to wait for
     /// stragglers, and a timer to wake the task then.
     stragglers: Option<(Instant, Pin<Box<Sleep>>)>,
-    /// Armed after an accept error while draining.
-    backoff: Option<Pin<Box<Sleep>>>,
 }
 
 impl<L: DrainableListener> GracefulAccept<L> {
     /// Wraps `listener` so that it drains when `watch` is triggered.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// let watch = tower_drain::Watch::new();
-    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// assert_eq!(watch.listeners(), 1);
-    /// # drop(listener);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn new(listener: L, watch: Watch) -> Self {
         Self::with_shared(listener, watch, Arc::default())
     }
@@ -181,41 +178,30 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// Wraps `listener`, whose standing across processes is `shared`.
     pub(crate) fn with_shared(listener: L, watch: Watch, shared: Arc<SharedSocket>) -> Self {
         watch.inner.listener_opened();
-        let draining = Box::pin(watch.draining());
+        let open = Open {
+            listener,
+            _registration: Registration {
+                watch: watch.clone(),
+            },
+        };
         Self {
-            listener: Some(Open {
-                listener,
-                _registration: Registration {
-                    watch: watch.clone(),
-                },
-            }),
+            state: State::Accepting { open },
+            handoff: VecDeque::new(),
+            backoff: None,
+            draining: Box::pin(watch.draining()),
             watch,
-            draining,
-            state: State::Accepting,
-            drained: VecDeque::new(),
-            shared,
-            announced: false,
             limits: Limits {
                 connections: DEFAULT_QUEUE_DRAIN_LIMIT,
                 timeout: DEFAULT_QUEUE_DRAIN_TIMEOUT,
                 straggler_wait: DEFAULT_STRAGGLER_WAIT,
             },
+            shared,
+            announced: false,
         }
     }
 
     /// The most connections one drain accepts from the queue before closing
     /// the socket anyway, so that a flood cannot keep it open. Default 65 536.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let listener = tower_drain::GracefulAccept::new(listener, watch).queue_drain_limit(1024);
-    /// # drop(listener);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn queue_drain_limit(mut self, connections: usize) -> Self {
         self.limits.connections = connections;
         self
@@ -223,18 +209,6 @@ impl<L: DrainableListener> GracefulAccept<L> {
 
     /// The longest the queue drain may take before the socket is closed
     /// anyway, so that continuous load cannot keep it open. Default 1 s.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let listener = tower_drain::GracefulAccept::new(listener, watch)
-    ///     .queue_drain_timeout(std::time::Duration::from_millis(200));
-    /// # drop(listener);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn queue_drain_timeout(mut self, timeout: Duration) -> Self {
         self.limits.timeout = timeout;
         self
@@ -242,18 +216,6 @@ impl<L: DrainableListener> GracefulAccept<L> {
 
     /// Once the queue is empty, how long to keep accepting connections whose
     /// handshake was still in flight when the drain started. Default 2 ms.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let listener = tower_drain::GracefulAccept::new(listener, watch)
-    ///     .straggler_wait(std::time::Duration::from_millis(10));
-    /// # drop(listener);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn straggler_wait(mut self, wait: Duration) -> Self {
         self.limits.straggler_wait = wait;
         self
@@ -272,35 +234,16 @@ impl<L: DrainableListener> GracefulAccept<L> {
     }
 
     /// The [`Watch`] this listener reports to.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// assert_eq!(listener.watch().listeners(), 1);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn watch(&self) -> &Watch {
         &self.watch
     }
 
     /// The wrapped listener, or `None` once the drain has closed it.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// assert!(listener.get_ref().is_some());
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn get_ref(&self) -> Option<&L> {
-        self.listener.as_ref().map(|open| &open.listener)
+        match &self.state {
+            State::Accepting { open } | State::Draining { open, .. } => Some(&open.listener),
+            State::Closed => None,
+        }
     }
 
     /// The local address of the wrapped listener.
@@ -308,20 +251,9 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// # Errors
     ///
     /// Fails once the drain has closed the listener.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// assert!(listener.local_addr()?.ip().is_loopback());
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn local_addr(&self) -> io::Result<L::Addr> {
-        match &self.listener {
-            Some(open) => open.listener.local_addr(),
+        match self.get_ref() {
+            Some(listener) => listener.local_addr(),
             None => Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the listener was closed by the drain",
@@ -338,82 +270,85 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// # Cancel safety
     ///
     /// Cancel safe: see the [type documentation](GracefulAccept#cancel-safety).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// let client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
-    /// let (io, peer) = listener.accept().await;
-    /// assert_eq!(peer, client.local_addr()?);
-    /// assert_eq!(watch.connections(), 1);
-    /// # drop(io);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub async fn accept(&mut self) -> (TrackedIo<L::Io>, L::Addr) {
         poll_fn(|cx| self.poll_accept(cx)).await
     }
 
     /// Polls for the next connection; the poll form of
     /// [`accept`](GracefulAccept::accept).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
-    /// let (_io, _peer) = std::future::poll_fn(|cx| listener.poll_accept(cx)).await;
-    /// assert_eq!(watch.connections(), 1);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<(TrackedIo<L::Io>, L::Addr)> {
         if !self.announced {
             self.announced = true;
             self.shared.accepting();
         }
         loop {
-            if matches!(self.state, State::Accepting | State::Backoff(_)) && self.poll_triggered(cx)
-            {
-                self.start_drain();
-            }
-            let step = match (&mut self.state, &mut self.listener) {
-                (State::Closed, _) | (_, None) => Step::Pending,
-                (State::Accepting, Some(open)) => match open.listener.poll_accept(cx) {
-                    Poll::Ready(Ok(conn)) => return Poll::Ready(self.track(conn)),
-                    Poll::Ready(Err(e)) => Step::Error(e),
-                    Poll::Pending => return Poll::Pending,
-                },
-                (State::Backoff(sleep), _) => {
-                    std::task::ready!(sleep.as_mut().poll(cx));
-                    self.state = State::Accepting;
-                    continue;
+            match self.poll_listener(cx) {
+                Poll::Ready(Ok((io, addr))) => {
+                    return Poll::Ready((TrackedIo::new(io, &self.watch.inner), addr))
                 }
-                (State::Draining(drain), Some(open)) => {
-                    let into = Handoff {
-                        queue: &mut self.drained,
-                        watch: &self.watch,
-                    };
-                    drain.poll_fill(&mut open.listener, into, &self.limits, cx)
-                }
-            };
-            match step {
-                Step::Yield(conn) => return Poll::Ready(self.track(conn)),
-                Step::Error(e) => self.on_error(e),
-                Step::Close => self.close(),
-                Step::Pending => return self.next_drained().map_or(Poll::Pending, Poll::Ready),
+                Poll::Ready(Err(error)) => self.on_error(error),
+                Poll::Pending => return self.next_drained().map_or(Poll::Pending, Poll::Ready),
             }
+        }
+    }
+
+    /// Moves the state on, and accepts the usual way where the state does.
+    /// `Pending` when there is nothing to do until woken, or connections in
+    /// `handoff` to hand out first.
+    fn poll_listener(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(L::Io, L::Addr)>> {
+        if matches!(self.state, State::Accepting { .. }) && self.poll_triggered(cx) {
+            self.start_drain();
+        }
+        if let State::Draining { drain, .. } = &self.state {
+            if drain.is_over(&self.watch, &self.limits) {
+                self.close();
+            }
+        }
+        if let Some(backoff) = &mut self.backoff {
+            std::task::ready!(backoff.as_mut().poll(cx));
+            self.backoff = None;
+        }
+        match &mut self.state {
+            State::Accepting { open } => open.listener.poll_accept(cx),
+            State::Draining { open, drain } => {
+                if drain.stragglers.is_none() {
+                    let limit = self.limits.connections;
+                    if !drain.take_batch(
+                        &mut open.listener,
+                        &mut self.handoff,
+                        &self.watch,
+                        limit,
+                    )? {
+                        // More is queued: hand out what was taken, and come
+                        // back for the next batch even if none of it could
+                        // be registered.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+                let (_, timer) = drain.stragglers.get_or_insert_with(|| {
+                    let until = Instant::now() + self.limits.straggler_wait;
+                    (until, Box::pin(tokio::time::sleep_until(until)))
+                });
+                match open.listener.poll_accept(cx) {
+                    Poll::Ready(Ok(conn)) => {
+                        drain.accepted += 1;
+                        Poll::Ready(Ok(conn))
+                    }
+                    Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
+                        self.close();
+                        Poll::Pending
+                    }
+                    polled => polled,
+                }
+            }
+            State::Closed => Poll::Pending,
         }
     }
 
     /// Registers and hands out the next connection the drain took.
     fn next_drained(&mut self) -> Option<Accepted<L>> {
-        while let Some((token, queued)) = self.drained.pop_front() {
+        while let Some((token, queued)) = self.handoff.pop_front() {
             match L::register(queued) {
                 Ok((io, addr)) => return Some((TrackedIo::with_token(io, token), addr)),
                 Err(error) => {
@@ -428,38 +363,35 @@ impl<L: DrainableListener> GracefulAccept<L> {
         self.watch.is_draining() || self.draining.as_mut().poll(cx).is_ready()
     }
 
+    /// `Accepting → Draining`, or `→ Closed` for a shared socket.
     fn start_drain(&mut self) {
+        let State::Accepting { mut open } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
+        };
+        let local_addr = open.listener.local_addr().ok();
         if self.shared.is_elsewhere() {
             tracing::info!(
-                local_addr = ?self.local_addr_for_log(),
+                ?local_addr,
                 "closing a shared listener without draining: its queue stays with the other holder",
             );
             self.watch.inner.listener_left_shared();
-            self.state = State::Closed;
             self.shared.close_copy();
-            self.listener = None;
             return;
         }
-        tracing::debug!(local_addr = ?self.local_addr_for_log(), "draining the accept queue");
-        if let Some(open) = &mut self.listener {
-            let mut queued = Vec::new();
-            open.listener.steer_away(&mut queued);
-            for queued in queued {
-                self.drained
-                    .push_back((ConnectionToken::new(&self.watch.inner), queued));
-            }
+        tracing::debug!(?local_addr, "draining the accept queue");
+        let mut queued = Vec::new();
+        open.listener.steer_away(&mut queued);
+        for queued in queued {
+            self.handoff
+                .push_back((ConnectionToken::new(&self.watch.inner), queued));
         }
-        let accepted = self.drained.len();
-        self.state = State::Draining(Drain {
-            accepted,
+        let drain = Drain {
+            accepted: self.handoff.len(),
             until: Instant::now() + self.limits.timeout,
             stragglers: None,
-            backoff: None,
-        });
-    }
-
-    fn track(&self, (io, addr): (L::Io, L::Addr)) -> Accepted<L> {
-        (TrackedIo::new(io, &self.watch.inner), addr)
+        };
+        self.state = State::Draining { open, drain };
     }
 
     fn on_error(&mut self, error: io::Error) {
@@ -468,32 +400,27 @@ impl<L: DrainableListener> GracefulAccept<L> {
             return;
         }
         tracing::error!(%error, backoff = ?ACCEPT_ERROR_BACKOFF, "accept failed; retrying after a pause");
-        let sleep = Box::pin(tokio::time::sleep(ACCEPT_ERROR_BACKOFF));
-        match &mut self.state {
-            State::Draining(drain) => drain.backoff = Some(sleep),
-            state => *state = State::Backoff(sleep),
-        }
+        self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_ERROR_BACKOFF)));
     }
 
-    /// Closes the socket, once: later polls find `listener` empty.
+    /// `Draining → Closed`: closes the socket, once.
     fn close(&mut self) {
-        let accepted = match std::mem::replace(&mut self.state, State::Closed) {
-            State::Draining(drain) => drain.accepted,
-            _ => 0,
+        let State::Draining { mut open, drain } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
         };
-        let still_queued = self
-            .listener
-            .as_ref()
-            .and_then(|open| open.listener.queue_len());
+        let local_addr = open.listener.local_addr().ok();
+        let accepted = drain.accepted;
+        let still_queued = open.listener.queue_len();
         match still_queued {
             Some(reset) if reset > 0 => tracing::error!(
-                local_addr = ?self.local_addr_for_log(),
+                ?local_addr,
                 accepted_from_queue = accepted,
                 reset,
                 "closing the listener with connections still queued: the kernel resets them",
             ),
             _ => tracing::info!(
-                local_addr = ?self.local_addr_for_log(),
+                ?local_addr,
                 accepted_from_queue = accepted,
                 "closing the listener",
             ),
@@ -501,113 +428,44 @@ impl<L: DrainableListener> GracefulAccept<L> {
         self.watch
             .inner
             .listener_drained(accepted, still_queued.unwrap_or(0));
-        if let Some(open) = &mut self.listener {
-            open.listener.unsteer();
-        }
+        open.listener.unsteer();
         self.shared.close_copy();
-        self.listener = None;
     }
-
-    fn local_addr_for_log(&self) -> Option<L::Addr> {
-        self.listener.as_ref()?.listener.local_addr().ok()
-    }
-}
-
-/// What one turn of the accept state machine decided, besides returning a
-/// connection.
-enum Step<C> {
-    /// A straggler accepted the usual way.
-    Yield(C),
-    Error(io::Error),
-    Close,
-    /// Nothing to do until woken: hand out a drained connection if any.
-    Pending,
-}
-
-/// Where the drain puts the connections it takes from the queue.
-struct Handoff<'a, L: DrainableListener> {
-    queue: &'a mut VecDeque<(ConnectionToken, L::Queued)>,
-    watch: &'a Watch,
 }
 
 impl Drain {
-    /// Takes up to a batch of connections from the queue; once it is empty,
-    /// waits for stragglers, then asks to close.
-    fn poll_fill<L: DrainableListener>(
-        &mut self,
-        listener: &mut L,
-        mut into: Handoff<'_, L>,
-        limits: &Limits,
-        cx: &mut Context<'_>,
-    ) -> Step<(L::Io, L::Addr)> {
-        if into.watch.inner.is_forced()
+    /// Whether to close the socket now: forced, at the limit, out of time,
+    /// or the wait for stragglers is over. The clock is read, not only the
+    /// timers, which cannot fire while the server keeps this task busy
+    /// handing out drained connections.
+    fn is_over(&self, watch: &Watch, limits: &Limits) -> bool {
+        let now = Instant::now();
+        watch.inner.is_forced()
             || self.accepted >= limits.connections
-            || Instant::now() >= self.until
-        {
-            return Step::Close;
-        }
-        if let Some(backoff) = &mut self.backoff {
-            if backoff.as_mut().poll(cx).is_pending() {
-                return Step::Pending;
-            }
-            self.backoff = None;
-        }
-        if self.stragglers.is_none() {
-            match self.take_batch(listener, &mut into, limits) {
-                Ok(true) => {}
-                Ok(false) => return Step::Pending,
-                Err(e) => return Step::Error(e),
-            }
-        }
-        let (until, timer) = self.stragglers.get_or_insert_with(|| {
-            let until = Instant::now() + limits.straggler_wait;
-            (until, Box::pin(tokio::time::sleep_until(until)))
-        });
-        let step = poll_stragglers(listener, *until, timer.as_mut(), cx);
-        if matches!(step, Step::Yield(_)) {
-            self.accepted += 1;
-        }
-        step
+            || now >= self.until
+            || self
+                .stragglers
+                .as_ref()
+                .is_some_and(|(until, _)| now >= *until)
     }
 
-    /// Takes up to a batch of queued connections, counting each at once;
-    /// `true` once the kernel reports the queue empty.
+    /// Takes up to a batch of queued connections into `handoff`, counting
+    /// each at once; `true` once the kernel reports the queue empty.
     fn take_batch<L: DrainableListener>(
         &mut self,
         listener: &mut L,
-        into: &mut Handoff<'_, L>,
-        limits: &Limits,
+        handoff: &mut VecDeque<(ConnectionToken, L::Queued)>,
+        watch: &Watch,
+        limit: usize,
     ) -> io::Result<bool> {
-        for _ in 0..DRAIN_BATCH.min(limits.connections - self.accepted) {
+        for _ in 0..DRAIN_BATCH.min(limit - self.accepted) {
             let Some(queued) = listener.try_accept()? else {
                 return Ok(true);
             };
             self.accepted += 1;
-            into.queue
-                .push_back((ConnectionToken::new(&into.watch.inner), queued));
+            handoff.push_back((ConnectionToken::new(&watch.inner), queued));
         }
         Ok(false)
-    }
-}
-
-/// The queue was found empty: accepts, the usual readiness-driven way, what
-/// arrives until `until`. The end of the wait is read from the clock, not only
-/// from the timer, which cannot fire while the server keeps this task busy
-/// handing out drained connections.
-fn poll_stragglers<L: DrainableListener>(
-    listener: &mut L,
-    until: Instant,
-    timer: Pin<&mut Sleep>,
-    cx: &mut Context<'_>,
-) -> Step<(L::Io, L::Addr)> {
-    if Instant::now() >= until {
-        return Step::Close;
-    }
-    match listener.poll_accept(cx) {
-        Poll::Ready(Ok(conn)) => Step::Yield(conn),
-        Poll::Ready(Err(e)) => Step::Error(e),
-        Poll::Pending if timer.poll(cx).is_ready() => Step::Close,
-        Poll::Pending => Step::Pending,
     }
 }
 
@@ -627,12 +485,12 @@ impl<L: DrainableListener> Drop for GracefulAccept<L> {
         // Connections the drain took from the kernel's queue but the server
         // never took from us: closing them unread resets them, as the
         // kernel would have. The report must not call that clean.
-        if !self.drained.is_empty() {
+        if !self.handoff.is_empty() {
             tracing::error!(
-                connections = self.drained.len(),
+                connections = self.handoff.len(),
                 "dropped with connections taken from the queue but not yet handed to the server: they are reset",
             );
-            self.watch.inner.listener_drained(0, self.drained.len());
+            self.watch.inner.listener_drained(0, self.handoff.len());
         }
     }
 }
@@ -640,12 +498,9 @@ impl<L: DrainableListener> Drop for GracefulAccept<L> {
 impl<L: DrainableListener + fmt::Debug> fmt::Debug for GracefulAccept<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GracefulAccept")
-            .field(
-                "listener",
-                &self.listener.as_ref().map(|open| &open.listener),
-            )
+            .field("listener", &self.get_ref())
             .field("watch", &self.watch)
-            .field("drained", &self.drained.len())
+            .field("handoff", &self.handoff.len())
             .finish_non_exhaustive()
     }
 }

@@ -80,6 +80,7 @@ mod activation;
 pub mod axum;
 #[cfg(unix)]
 mod bind;
+pub mod future;
 #[cfg(unix)]
 mod handoff;
 mod io;
@@ -107,7 +108,7 @@ pub use crate::accept::GracefulAccept;
 pub use crate::io::TrackedIo;
 pub use crate::layer::DrainLayer;
 pub use crate::listener::DrainableListener;
-pub use crate::observer::{Draining, Observer};
+pub use crate::observer::Observer;
 pub use crate::readiness::Readiness;
 pub use crate::report::{DrainReport, ForceCause};
 pub use crate::stream::EndOnDrain;

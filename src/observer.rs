@@ -20,18 +20,12 @@
 //!
 //! [`Watch`]: crate::Watch
 
-use std::{
-    fmt,
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{ready, Context, Poll},
+use std::{fmt, sync::Arc};
+
+use crate::{
+    future::Draining,
+    watch::{Inner, Phase},
 };
-
-use pin_project_lite::pin_project;
-use tokio::sync::futures::OwnedNotified;
-
-use crate::watch::{Inner, Phase};
 
 /// A read-only view of a drain: its phase, and a future that resolves when
 /// it starts. Cloning it is one reference-count increment.
@@ -78,53 +72,5 @@ impl fmt::Debug for Observer {
         f.debug_struct("Observer")
             .field("phase", &self.phase())
             .finish()
-    }
-}
-
-pin_project! {
-    /// Future returned by [`Observer::draining`] and
-    /// [`Watch::draining`](crate::Watch::draining).
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it holds nothing but its registration, and a new one
-    /// sees a drain that started meanwhile.
-    #[must_use = "futures do nothing unless polled"]
-    pub struct Draining {
-        inner: Arc<Inner>,
-        #[pin]
-        notified: OwnedNotified,
-    }
-}
-
-impl Draining {
-    pub(crate) fn new(inner: Arc<Inner>) -> Self {
-        let notified = inner.notified();
-        Self { inner, notified }
-    }
-}
-
-impl Future for Draining {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        loop {
-            // Registered before the phase is read: `notify_waiters` wakes
-            // only registered waiters, and every phase change notifies after
-            // storing the phase, so a change after this read still wakes us.
-            this.notified.as_mut().enable();
-            if this.inner.is_draining() {
-                return Poll::Ready(());
-            }
-            ready!(this.notified.as_mut().poll(cx));
-            this.notified.set(this.inner.notified());
-        }
-    }
-}
-
-impl fmt::Debug for Draining {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Draining").finish_non_exhaustive()
     }
 }

@@ -28,7 +28,7 @@ use std::{
 use futures_util::Stream;
 use pin_project_lite::pin_project;
 
-use crate::{Draining, Observer};
+use crate::{future::Draining, Observer};
 
 pin_project! {
     /// A stream that yields the items of another until the drain starts

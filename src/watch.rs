@@ -1,5 +1,5 @@
-//! The shared coordinator: the drain phase, the live counts, the deadline, and
-//! the futures that wait on them.
+//! The shared coordinator: the drain phase, the live counts and the deadline,
+//! which the futures in [`future`](crate::future) wait on.
 //!
 //! Every other part of the crate reports to a [`Watch`]: [`GracefulAccept`]
 //! counts listeners and connections, [`DrainLayer`] counts requests, and the
@@ -11,7 +11,6 @@
 
 use std::{
     fmt,
-    future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst},
         Arc, Mutex, MutexGuard, OnceLock,
@@ -27,8 +26,9 @@ use tokio::{
 };
 
 use crate::{
+    future::{Drained, Draining, ListenersClosed, ShutdownSignal},
     io::Slot,
-    observer::{Draining, Observer},
+    observer::Observer,
     report::{DrainReport, ForceCause},
 };
 
@@ -44,15 +44,6 @@ const DEFAULT_REQUEST_HEAD_GRACE: Duration = Duration::from_secs(2);
 /// Where a drain stands. Phases only move forward:
 /// `Running → (LameDuck →) Draining → Drained`, or to `Forced` from
 /// `LameDuck` or `Draining`.
-///
-/// ```
-/// use tower_drain::{Phase, Watch};
-///
-/// let watch = Watch::new();
-/// assert_eq!(watch.phase(), Phase::Running);
-/// watch.trigger(); // nothing is open, so the drain ends at once
-/// assert_eq!(watch.phase(), Phase::Drained);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// Serving normally; nothing has triggered the drain.
@@ -96,7 +87,6 @@ impl Phase {
 ///     .lame_duck(Duration::from_secs(3))
 ///     .first_byte_grace(Duration::from_millis(500))
 ///     .build()?;
-/// assert_eq!(watch.grace(), Duration::from_secs(10));
 /// # Ok::<(), tower_drain::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -278,11 +268,6 @@ impl fmt::Debug for Watch {
 impl Watch {
     /// A `Watch` with the default [`grace`](WatchBuilder::grace) (30 s) and
     /// [`first_byte_grace`](WatchBuilder::first_byte_grace) (1 s).
-    ///
-    /// ```
-    /// let watch = tower_drain::Watch::new();
-    /// assert_eq!(watch.phase(), tower_drain::Phase::Running);
-    /// ```
     pub fn new() -> Self {
         Self::with_config(WatchBuilder::default())
     }
@@ -305,24 +290,6 @@ impl Watch {
     /// [`Phase::Draining`], and arms the deadline
     /// ([`grace`](WatchBuilder::grace)) on the current tokio runtime, or the
     /// one the `Watch` was created on. Calls after the drain ended do nothing.
-    ///
-    /// ```
-    /// use tower_drain::{GracefulAccept, Phase, Watch};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// let watch = Watch::new();
-    /// // An open listener keeps the drain from ending at once.
-    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let _listener = GracefulAccept::new(listener, watch.clone());
-    ///
-    /// watch.trigger();
-    /// assert_eq!(watch.phase(), Phase::Draining);
-    /// watch.trigger();
-    /// assert_eq!(watch.phase(), Phase::Forced);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn trigger(&self) {
         let runtime = self.inner.runtime();
         let first = if self.inner.config.lame_duck.is_zero() || runtime.is_none() {
@@ -340,14 +307,6 @@ impl Watch {
     /// Forces the drain now: every connection that is still open fails its
     /// next read or write, so the server drops it. Starts the drain first if
     /// it has not started. Does nothing once the drain has ended.
-    ///
-    /// ```
-    /// use tower_drain::{Phase, Watch};
-    ///
-    /// let watch = Watch::new();
-    /// watch.force();
-    /// assert_eq!(watch.phase(), Phase::Forced);
-    /// ```
     pub fn force(&self) {
         if self.inner.advance(Phase::Running, Phase::Draining).is_ok() {
             self.inner.record_trigger(Phase::Draining);
@@ -356,24 +315,12 @@ impl Watch {
     }
 
     /// The current phase.
-    ///
-    /// ```
-    /// let watch = tower_drain::Watch::new();
-    /// assert_eq!(watch.phase(), tower_drain::Phase::Running);
-    /// ```
     pub fn phase(&self) -> Phase {
         self.inner.phase()
     }
 
     /// `true` until the trigger: the answer a readiness check wants.
     /// [`Readiness`](crate::Readiness) serves it.
-    ///
-    /// ```
-    /// let watch = tower_drain::Watch::new();
-    /// assert!(watch.is_ready());
-    /// watch.trigger();
-    /// assert!(!watch.is_ready());
-    /// ```
     pub fn is_ready(&self) -> bool {
         self.inner.is_ready()
     }
@@ -382,75 +329,41 @@ impl Watch {
     /// [`lame_duck`](WatchBuilder::lame_duck) period, if any), including once
     /// it has ended. For readiness, use [`is_ready`](Watch::is_ready), which
     /// turns at the trigger.
-    ///
-    /// ```
-    /// let watch = tower_drain::Watch::new();
-    /// assert!(!watch.is_draining());
-    /// watch.force();
-    /// assert!(watch.is_draining());
-    /// ```
     pub fn is_draining(&self) -> bool {
         self.inner.is_draining()
     }
 
     /// The number of tracked connections that are open, including those
     /// still in a handshake.
-    ///
-    /// ```
-    /// assert_eq!(tower_drain::Watch::new().connections(), 0);
-    /// ```
     pub fn connections(&self) -> usize {
-        self.inner.lock_connections().len()
+        self.inner.connections()
     }
 
     /// The number of requests in flight through a [`DrainLayer`](crate::DrainLayer),
     /// counting a response until its body has finished or been dropped.
-    ///
-    /// ```
-    /// assert_eq!(tower_drain::Watch::new().requests(), 0);
-    /// ```
     pub fn requests(&self) -> usize {
-        self.inner.requests.load(SeqCst)
+        self.inner.requests()
     }
 
     /// The number of [`GracefulAccept`](crate::GracefulAccept) listeners whose
     /// socket is still open.
-    ///
-    /// ```
-    /// assert_eq!(tower_drain::Watch::new().listeners(), 0);
-    /// ```
     pub fn listeners(&self) -> usize {
         self.inner.listeners.load(SeqCst)
     }
 
     /// The hard deadline configured with [`WatchBuilder::grace`].
-    ///
-    /// ```
-    /// assert_eq!(tower_drain::Watch::new().grace().as_secs(), 30);
-    /// ```
     pub fn grace(&self) -> Duration {
         self.inner.config.grace
     }
 
     /// The period configured with [`WatchBuilder::lame_duck`].
-    ///
-    /// ```
-    /// assert!(tower_drain::Watch::new().lame_duck().is_zero());
-    /// ```
     pub fn lame_duck(&self) -> Duration {
         self.inner.config.lame_duck
     }
 
     /// The report of the drain, once it has ended (cleanly or forced).
-    ///
-    /// ```
-    /// let watch = tower_drain::Watch::new();
-    /// assert!(watch.report().is_none());
-    /// watch.force();
-    /// assert_eq!(watch.report().unwrap().connections_forced, 0);
-    /// ```
     pub fn report(&self) -> Option<DrainReport> {
-        self.inner.report.get().cloned()
+        self.inner.report()
     }
 
     /// Resolves once the drain has started (at once if it has): at the
@@ -471,19 +384,9 @@ impl Watch {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe, like [`draining`](Watch::draining).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let watch = tower_drain::Watch::new();
-    /// watch.trigger();
-    /// watch.listeners_closed().await; // no listener was ever open
-    /// # }
-    /// ```
-    pub fn listeners_closed(&self) -> impl Future<Output = ()> + Send + 'static {
-        let inner = self.inner.clone();
-        async move { inner.wait_until(Inner::listeners_closed).await }
+    /// Cancel safe: see [`future`](crate::future#cancel-safety).
+    pub fn listeners_closed(&self) -> ListenersClosed {
+        ListenersClosed::new(self.inner.clone())
     }
 
     /// Resolves with the [`DrainReport`] once the drain has ended: it was
@@ -491,27 +394,9 @@ impl Watch {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe, like [`draining`](Watch::draining).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let watch = tower_drain::Watch::new();
-    /// watch.trigger();
-    /// let report = watch.drained().await;
-    /// assert!(report.forced.is_none());
-    /// # }
-    /// ```
-    pub fn drained(&self) -> impl Future<Output = DrainReport> + Send + 'static {
-        let inner = self.inner.clone();
-        async move {
-            inner.wait_until(|inner| inner.report.get().is_some()).await;
-            inner
-                .report
-                .get()
-                .cloned()
-                .expect("report is set before waiters are woken")
-        }
+    /// Cancel safe: see [`future`](crate::future#cancel-safety).
+    pub fn drained(&self) -> Drained {
+        Drained::new(self.inner.clone())
     }
 
     /// The future to hand to `axum::serve(..).with_graceful_shutdown(..)`.
@@ -524,45 +409,14 @@ impl Watch {
     /// has ended, and every connection has read its first byte or been silent
     /// for the
     /// [`first_byte_grace`](WatchBuilder::first_byte_grace). It resolves at
-    /// once if the drain is forced.
+    /// once if the drain is forced. The [crate example](crate) shows it in
+    /// use.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe, like [`draining`](Watch::draining).
-    ///
-    /// ```no_run
-    /// use axum::{routing::get, Router};
-    /// use tower_drain::{DrainLayer, GracefulAccept, Watch};
-    ///
-    /// # #[tokio::main]
-    /// # async fn main() -> std::io::Result<()> {
-    /// let watch = Watch::new();
-    /// watch.trigger_on_signals()?;
-    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    /// let app = Router::new()
-    ///     .route("/", get(|| async { "hello" }))
-    ///     .layer(DrainLayer::new(watch.clone()));
-    /// axum::serve(GracefulAccept::new(listener, watch.clone()), app)
-    ///     .with_graceful_shutdown(watch.shutdown_signal())
-    ///     .await
-    /// # }
-    /// ```
-    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
-        let inner = self.inner.clone();
-        async move {
-            inner
-                .wait_until(|inner| {
-                    let handshaking = inner.handshaking.load(SeqCst);
-                    inner.listeners_closed() && handshaking == 0 || inner.is_forced()
-                })
-                .await;
-            inner.wait_first_bytes().await;
-            tracing::debug!(
-                connections = inner.lock_connections().len(),
-                requests = inner.requests.load(SeqCst),
-                "listeners drained; the server may stop accepting and finish its connections",
-            );
-        }
+    /// Cancel safe: see [`future`](crate::future#cancel-safety).
+    pub fn shutdown_signal(&self) -> ShutdownSignal {
+        ShutdownSignal::new(self.inner.clone())
     }
 
     fn start(&self, to: Phase, runtime: Option<Handle>) {
@@ -702,8 +556,37 @@ impl Inner {
         self.phase() == Phase::Forced
     }
 
-    fn listeners_closed(&self) -> bool {
+    /// The drain has started and every listener has closed its socket.
+    pub(crate) fn listeners_closed(&self) -> bool {
         self.is_draining() && self.listeners.load(SeqCst) == 0
+    }
+
+    /// No connection can arrive any more and every TLS handshake has
+    /// ended, or the drain is forced: the first condition of
+    /// [`ShutdownSignal`].
+    pub(crate) fn listeners_done(&self) -> bool {
+        self.listeners_closed() && self.handshaking.load(SeqCst) == 0 || self.is_forced()
+    }
+
+    /// Until when [`ShutdownSignal`] waits for connections to read their
+    /// first byte: `None` if none is waiting for one, or the drain is forced.
+    pub(crate) fn first_byte_deadline(&self) -> Option<Instant> {
+        if self.is_forced() || self.awaiting_first_byte.load(SeqCst) == 0 {
+            return None;
+        }
+        Some(self.last_accept() + self.config.first_byte_grace)
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.lock_connections().len()
+    }
+
+    pub(crate) fn requests(&self) -> usize {
+        self.requests.load(SeqCst)
+    }
+
+    pub(crate) fn report(&self) -> Option<DrainReport> {
+        self.report.get().cloned()
     }
 
     /// Moves the phase from `from` to `to`; on failure returns the phase found.
@@ -724,52 +607,12 @@ impl Inner {
         self.finish_if_drained();
     }
 
-    /// Waits until `done` holds. The `Notified` is registered before each
-    /// check, so a change between the check and the wait cannot be missed.
-    async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if done(self) {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Waits until every connection has read a byte, or the newest one has
-    /// been silent for the first-byte grace, or the drain is forced.
-    async fn wait_first_bytes(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_forced() || self.awaiting_first_byte.load(SeqCst) == 0 {
-                return;
-            }
-            let until = self.last_accept() + self.config.first_byte_grace;
-            if Instant::now() >= until {
-                tracing::debug!(
-                    silent = self.awaiting_first_byte.load(SeqCst),
-                    "first-byte grace over; silent connections are no longer protected",
-                );
-                return;
-            }
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep_until(until) => {}
-            }
-        }
-    }
-
-    /// Once no connection can be accepted any more and the newest has been
-    /// accepted for the first-byte grace, closes every TLS connection that
+    /// Once the newest connection has been accepted for the first-byte
+    /// grace, closes every TLS connection that
     /// has not received a byte: its handshake would otherwise hold
     /// [`Watch::shutdown_signal`] until the handshake timeout, and closing
     /// it loses nothing.
     async fn cut_off_silent_handshakes(&self) {
-        self.wait_until(Self::listeners_closed).await;
         self.sleep_past(|inner| inner.last_accept() + inner.config.first_byte_grace)
             .await;
         let cut = self.cut_off_where(Slot::cut_off_silence);
@@ -799,11 +642,9 @@ impl Inner {
         }
     }
 
-    /// Once no connection can be accepted any more and the request-head
-    /// grace has run out, closes every connection still reading its first
-    /// request head.
+    /// Once the request-head grace has run out, closes every connection
+    /// still reading its first request head.
     async fn cut_off_stalled_heads(&self) {
-        self.wait_until(Self::listeners_closed).await;
         let started = self
             .lock_timeline()
             .drain_started
@@ -876,7 +717,7 @@ impl Inner {
 
     /// Spawns the task that takes the drain's timed steps: the end of the
     /// lame duck period, closing silent TLS connections and stalled request
-    /// heads, and the deadline.
+    /// heads once the listeners are closed, and the deadline.
     fn arm_timers(&self, watch: Watch, runtime: &Handle) {
         // Counted from the trigger, not from when the task first runs.
         let triggered = Instant::now();
@@ -888,6 +729,8 @@ impl Inner {
                     tokio::time::sleep_until(triggered + watch.lame_duck()).await;
                     watch.inner.end_lame_duck();
                 }
+                // From here on no connection can be accepted any more.
+                watch.listeners_closed().await;
                 let heads = async {
                     if cuts_heads {
                         watch.inner.cut_off_stalled_heads().await;

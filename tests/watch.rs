@@ -28,8 +28,9 @@ use tokio_test::{
 };
 use tower::{service_fn, ServiceExt};
 use tower_drain::{
+    future::{Drained, Draining, ListenersClosed, ShutdownSignal},
     layer::{DrainBody, DrainService},
-    DrainReport, DrainableListener, Draining, ForceCause, GracefulAccept, Phase, TrackedIo, Watch,
+    DrainableListener, ForceCause, GracefulAccept, Phase, TrackedIo, Watch,
 };
 
 use common::within;
@@ -164,18 +165,18 @@ impl<F: Future> Waiter<F> {
 /// Each of a watch's four futures, polled by hand.
 struct Waiters {
     draining: Waiter<Draining>,
-    listeners_closed: Waiter<BoxFuture<'static, ()>>,
-    shutdown_signal: Waiter<BoxFuture<'static, ()>>,
-    drained: Waiter<BoxFuture<'static, DrainReport>>,
+    listeners_closed: Waiter<ListenersClosed>,
+    shutdown_signal: Waiter<ShutdownSignal>,
+    drained: Waiter<Drained>,
 }
 
 impl Waiters {
     fn new(watch: &Watch) -> Self {
         Self {
             draining: Waiter::new(watch.draining()),
-            listeners_closed: Waiter::new(watch.listeners_closed().boxed()),
-            shutdown_signal: Waiter::new(watch.shutdown_signal().boxed()),
-            drained: Waiter::new(watch.drained().boxed()),
+            listeners_closed: Waiter::new(watch.listeners_closed()),
+            shutdown_signal: Waiter::new(watch.shutdown_signal()),
+            drained: Waiter::new(watch.drained()),
         }
     }
 

@@ -1,0 +1,247 @@
+//! The futures that wait for each step of a drain, in the order they
+//! resolve: [`Draining`], [`ListenersClosed`], [`ShutdownSignal`] and
+//! [`Drained`]. A [`Watch`] hands them out; none of them polls.
+//!
+//! ```
+//! use tower_drain::Watch;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let watch = Watch::new();
+//! let drained = tokio::spawn(watch.drained());
+//!
+//! watch.trigger();
+//! watch.draining().await;
+//! watch.listeners_closed().await;
+//! watch.shutdown_signal().await;
+//! let report = drained.await.unwrap();
+//! assert!(report.forced.is_none());
+//! # }
+//! ```
+//!
+//! # Cancel safety
+//!
+//! Each is cancel safe: it holds nothing but its registration for the next
+//! change, and a new one sees whatever happened meanwhile.
+//!
+//! [`Watch`]: crate::Watch
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use pin_project_lite::pin_project;
+use tokio::{
+    sync::futures::OwnedNotified,
+    time::{Instant, Sleep},
+};
+
+use crate::{report::DrainReport, watch::Inner};
+
+pin_project! {
+    /// A registration for the next change of a drain, renewed each time it
+    /// fires: what every future here is built on.
+    struct Changes {
+        inner: Arc<Inner>,
+        #[pin]
+        notified: OwnedNotified,
+    }
+}
+
+impl Changes {
+    fn new(inner: Arc<Inner>) -> Self {
+        let notified = inner.notified();
+        Self { inner, notified }
+    }
+
+    /// Resolves once `done` holds.
+    ///
+    /// The registration is enabled before `done` is checked: `notify_waiters`
+    /// wakes only registered waiters, and every change a condition depends on
+    /// notifies after its store, so a change right after the check still
+    /// wakes this task.
+    fn poll_until(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut done: impl FnMut(&Inner, &mut Context<'_>) -> bool,
+    ) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            this.notified.as_mut().enable();
+            if done(this.inner, cx) {
+                return Poll::Ready(());
+            }
+            ready!(this.notified.as_mut().poll(cx));
+            this.notified.set(this.inner.notified());
+        }
+    }
+}
+
+/// Defines a named future that resolves once a condition on the drain holds.
+macro_rules! wait_for {
+    ($(#[$doc:meta])* $name:ident, $until:expr) => {
+        pin_project! {
+            $(#[$doc])*
+            #[must_use = "futures do nothing unless polled"]
+            pub struct $name {
+                #[pin]
+                changes: Changes,
+            }
+        }
+
+        impl $name {
+            pub(crate) fn new(inner: Arc<Inner>) -> Self {
+                Self {
+                    changes: Changes::new(inner),
+                }
+            }
+        }
+
+        impl Future for $name {
+            type Output = ();
+
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                let until: fn(&Inner) -> bool = $until;
+                self.project()
+                    .changes
+                    .poll_until(cx, |inner, _| until(inner))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+wait_for!(
+    /// Future returned by [`Watch::draining`](crate::Watch::draining) and
+    /// [`Observer::draining`](crate::Observer::draining).
+    Draining,
+    Inner::is_draining
+);
+
+wait_for!(
+    /// Future returned by [`Watch::listeners_closed`](crate::Watch::listeners_closed).
+    ListenersClosed,
+    Inner::listeners_closed
+);
+
+pin_project! {
+    /// Future returned by [`Watch::drained`](crate::Watch::drained).
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Drained {
+        #[pin]
+        changes: Changes,
+    }
+}
+
+impl Drained {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        Self {
+            changes: Changes::new(inner),
+        }
+    }
+}
+
+impl Future for Drained {
+    type Output = DrainReport;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
+        let mut report = None;
+        ready!(self.project().changes.poll_until(cx, |inner, _| {
+            report = inner.report();
+            report.is_some()
+        }));
+        Poll::Ready(report.expect("checked by poll_until"))
+    }
+}
+
+impl fmt::Debug for Drained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drained").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// Future returned by [`Watch::shutdown_signal`](crate::Watch::shutdown_signal).
+    //
+    // `grace` wakes the task when the first-byte grace runs out. It is
+    // created on first need, so that building the future needs no runtime.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ShutdownSignal {
+        #[pin]
+        changes: Changes,
+        #[pin]
+        grace: Option<Sleep>,
+    }
+}
+
+impl ShutdownSignal {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        Self {
+            changes: Changes::new(inner),
+            grace: None,
+        }
+    }
+}
+
+impl Future for ShutdownSignal {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let mut changes = this.changes;
+        let mut grace = this.grace;
+        ready!(changes.as_mut().poll_until(cx, |inner, cx| {
+            if !inner.listeners_done() {
+                return false;
+            }
+            let Some(until) = inner.first_byte_deadline() else {
+                return true;
+            };
+            let over = Instant::now() >= until || first_byte_grace_over(grace.as_mut(), until, cx);
+            if over {
+                tracing::debug!(
+                    "first-byte grace over; silent connections are no longer protected"
+                );
+            }
+            over
+        }));
+        tracing::debug!(
+            connections = changes.inner.connections(),
+            requests = changes.inner.requests(),
+            "listeners drained; the server may stop accepting and finish its connections",
+        );
+        Poll::Ready(())
+    }
+}
+
+/// Arms `grace` to fire at `until` (the deadline moves with the newest
+/// accept) and polls it.
+fn first_byte_grace_over(
+    mut grace: Pin<&mut Option<Sleep>>,
+    until: Instant,
+    cx: &mut Context<'_>,
+) -> bool {
+    match grace.as_mut().as_pin_mut() {
+        Some(sleep) if sleep.deadline() == until => {}
+        Some(sleep) => sleep.reset(until),
+        None => grace.set(Some(tokio::time::sleep_until(until))),
+    }
+    grace
+        .as_pin_mut()
+        .is_some_and(|sleep| sleep.poll(cx).is_ready())
+}
+
+impl fmt::Debug for ShutdownSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownSignal").finish_non_exhaustive()
+    }
+}
