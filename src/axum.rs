@@ -2,7 +2,7 @@
 //! `axum::serve::Listener`, [`DrainRouter`] puts a [`DrainLayer`] around a
 //! whole `Router`, and [`Observer`] is an extractor.
 //!
-//! ```
+//! ```no_run
 //! use axum::{routing::get, Router};
 //! use tower_drain::{DrainLayer, GracefulAccept, Watch};
 //!
@@ -12,7 +12,6 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let app = Router::new().route("/", get(|| async { "hello" }));
 //! let app = DrainLayer::new(watch.clone()).around_router(app);
-//! # watch.trigger();
 //! axum::serve(GracefulAccept::new(listener, watch.clone()), app)
 //!     .with_graceful_shutdown(watch.shutdown_signal())
 //!     .await?;

@@ -87,38 +87,12 @@ impl<I> TrackedIo<I> {
     }
 
     /// The wrapped connection.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// # let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
-    /// # let (mut io, _) = listener.accept().await;
-    /// assert!(io.get_ref().peer_addr()?.ip().is_loopback());
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn get_ref(&self) -> &I {
         &self.io
     }
 
     /// The wrapped connection, mutably. Reading from it directly bypasses the
     /// first-byte tracking.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let mut listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// # let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
-    /// # let (mut io, _) = listener.accept().await;
-    /// io.get_mut().set_nodelay(true)?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn get_mut(&mut self) -> &mut I {
         &mut self.io
     }

@@ -2,22 +2,6 @@
 //! handlers, long-lived responses and readiness checks where the drain stands,
 //! and cannot trigger or force it. The [`Watch`] hands them out.
 //!
-//! ```
-//! use tower_drain::Watch;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let watch = Watch::new();
-//! let observer = watch.observer();
-//! let draining = tokio::spawn(observer.draining());
-//! assert!(observer.is_ready());
-//!
-//! watch.trigger();
-//! draining.await.unwrap();
-//! assert!(!observer.is_ready() && observer.is_draining());
-//! # }
-//! ```
-//!
 //! [`Watch`]: crate::Watch
 
 use std::{fmt, sync::Arc};
@@ -29,6 +13,22 @@ use crate::{
 
 /// A read-only view of a drain: its phase, and a future that resolves when
 /// it starts. Cloning it is one reference-count increment.
+///
+/// ```
+/// use tower_drain::Watch;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let watch = Watch::new();
+/// let observer = watch.observer();
+/// let draining = tokio::spawn(observer.draining());
+/// assert!(observer.is_ready());
+///
+/// watch.trigger();
+/// draining.await.unwrap();
+/// assert!(!observer.is_ready() && observer.is_draining());
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Observer {
     inner: Arc<Inner>,

@@ -1,16 +1,6 @@
 //! Readiness for load balancers: [`Readiness`] answers `200` until the drain
 //! is triggered and `503` from then on, so traffic moves elsewhere while the
 //! server finishes what it has.
-//!
-//! ```
-//! use axum::{routing::get, Router};
-//! use tower_drain::{Readiness, Watch};
-//!
-//! let watch = Watch::new();
-//! let app: Router = Router::new()
-//!     .route("/", get(|| async { "hello" }))
-//!     .route_service("/readyz", Readiness::new(watch.observer()));
-//! ```
 
 use std::{
     convert::Infallible,
@@ -32,6 +22,16 @@ use crate::Observer;
 ///
 /// It answers every request the same way, whatever its method and path;
 /// mount it on the path your load balancer or Kubernetes probe polls.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tower_drain::{Readiness, Watch};
+///
+/// let watch = Watch::new();
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .route_service("/readyz", Readiness::new(watch.observer()));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Readiness {
     observer: Observer,

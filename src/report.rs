@@ -14,8 +14,11 @@ use std::{fmt, time::Duration};
 /// let watch = tower_drain::Watch::new();
 /// watch.trigger();
 /// let report = watch.drained().await;
-/// assert_eq!(report.accepted_from_queue, 0);
-/// println!("{report}");
+/// println!("{report}"); // drained in 52µs (listeners 12µs, connections 40µs): ...
+/// if !report.is_clean() {
+///     eprintln!("lost {} queued connections, forced: {:?}", report.reset_in_queue, report.forced);
+///     std::process::exit(1);
+/// }
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,32 +61,14 @@ pub struct DrainReport {
 }
 
 impl DrainReport {
-    /// From the trigger until the drain ended.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let watch = tower_drain::Watch::new();
-    /// watch.trigger();
-    /// assert!(watch.drained().await.total() < std::time::Duration::from_secs(1));
-    /// # }
-    /// ```
+    /// From the trigger until the drain ended: `closing_listeners` plus
+    /// `closing_connections`.
     pub fn total(&self) -> Duration {
         self.closing_listeners + self.closing_connections
     }
 
     /// The drain lost nothing it could see: it was not forced and no
     /// connection was reset in an accept queue.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let watch = tower_drain::Watch::new();
-    /// watch.trigger();
-    /// let report = watch.drained().await;
-    /// assert!(report.is_clean()); // exit 0 if so, say
-    /// # }
-    /// ```
     pub fn is_clean(&self) -> bool {
         self.forced.is_none() && self.reset_in_queue == 0
     }

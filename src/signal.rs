@@ -16,6 +16,7 @@ impl Watch {
     ///
     /// The handlers are installed before this returns, and a task on the
     /// current tokio runtime then waits for the signals until the drain ends.
+    /// The [crate example](crate) calls it first thing in `main`.
     ///
     /// # Errors
     ///
@@ -24,15 +25,6 @@ impl Watch {
     /// # Panics
     ///
     /// Panics if called outside a tokio runtime.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// let watch = tower_drain::Watch::new();
-    /// watch.trigger_on_signals()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn trigger_on_signals(&self) -> io::Result<()> {
         let mut signals = Signals::install()?;
         let watch = self.clone();

@@ -2,21 +2,6 @@
 //! a stream (server-sent events, a chunked body) at the drain, optionally
 //! with one last item, so the response finishes and its connection closes
 //! instead of holding the drain until the deadline.
-//!
-//! ```
-//! use std::convert::Infallible;
-//!
-//! use axum::response::sse::{Event, Sse};
-//! use futures_util::stream::{self, Stream};
-//! use tower_drain::{EndOnDrain, Observer, Watch};
-//!
-//! fn events(observer: &Observer) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-//!     let ticks = stream::repeat_with(|| Ok(Event::default().data("tick")));
-//!     let last = Ok(Event::default().event("close").data("draining"));
-//!     Sse::new(EndOnDrain::new(ticks, observer).final_item(last))
-//! }
-//! # let _ = events(&Watch::new().observer());
-//! ```
 
 use std::{
     fmt,
@@ -37,6 +22,31 @@ pin_project! {
     ///
     /// The drain is checked before each item, so a stream that always has
     /// an item ready still ends.
+    ///
+    /// Server-sent events that say goodbye when the drain starts:
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    ///
+    /// use axum::{
+    ///     response::sse::{Event, Sse},
+    ///     routing::get,
+    ///     Router,
+    /// };
+    /// use futures_util::stream::{self, Stream};
+    /// use tower_drain::{EndOnDrain, Observer, Watch};
+    ///
+    /// fn events(observer: &Observer) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    ///     let ticks = stream::repeat_with(|| Ok(Event::default().data("tick")));
+    ///     let last = Ok(Event::default().event("close").data("draining"));
+    ///     Sse::new(EndOnDrain::new(ticks, observer).final_item(last))
+    /// }
+    ///
+    /// let watch = Watch::new();
+    /// let observer = watch.observer();
+    /// let app: Router = Router::new()
+    ///     .route("/events", get(move || async move { events(&observer) }));
+    /// ```
     #[must_use = "streams do nothing unless polled"]
     pub struct EndOnDrain<S: Stream> {
         #[pin]

@@ -56,21 +56,35 @@ const LINGER: Duration = Duration::from_secs(1);
 /// # Example
 ///
 /// ```no_run
-/// use std::sync::Arc;
-/// use axum::{routing::get, Router};
-/// use tower_drain::{DrainLayer, GracefulAccept, TlsAccept, Watch};
+/// use std::{sync::Arc, time::Duration};
 ///
-/// # async fn run(tls_config: Arc<tokio_rustls::rustls::ServerConfig>) -> std::io::Result<()> {
+/// use axum::{routing::get, Router};
+/// use tokio_rustls::rustls::{
+///     crypto::ring,
+///     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+///     ServerConfig,
+/// };
+/// use tower_drain::{GracefulAccept, TlsAccept, Watch};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let certs = CertificateDer::pem_file_iter("cert.pem")?.collect::<Result<Vec<_>, _>>()?;
+/// let key = PrivateKeyDer::from_pem_file("key.pem")?;
+/// let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+///     .with_safe_default_protocol_versions()?
+///     .with_no_client_auth()
+///     .with_single_cert(certs, key)?;
+///
 /// let watch = Watch::new();
 /// watch.trigger_on_signals()?;
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3443").await?;
-/// let listener = TlsAccept::new(GracefulAccept::new(listener, watch.clone()), tls_config);
-/// let app = Router::new()
-///     .route("/", get(|| async { "hello" }))
-///     .layer(DrainLayer::new(watch.clone()));
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:3443").await?;
+/// let listener = TlsAccept::new(GracefulAccept::new(listener, watch.clone()), Arc::new(config))
+///     .handshake_timeout(Duration::from_secs(5));
+/// let app = Router::new().route("/", get(|| async { "hello" }));
 /// axum::serve(listener, app)
 ///     .with_graceful_shutdown(watch.shutdown_signal())
-///     .await
+///     .await?;
+/// # Ok(())
 /// # }
 /// ```
 pub struct TlsAccept<L: DrainableListener> {
@@ -90,32 +104,6 @@ struct Handshaken<L: DrainableListener> {
 
 impl<L: DrainableListener> TlsAccept<L> {
     /// Terminates TLS with `config` on the connections `listener` accepts.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// use std::sync::Arc;
-    /// use tokio_rustls::rustls::{crypto::ring, pki_types::PrivateKeyDer, ServerConfig};
-    ///
-    /// let rcgen::CertifiedKey { cert, signing_key } =
-    ///     rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    /// let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-    /// let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-    ///     .with_safe_default_protocol_versions()
-    ///     .unwrap()
-    ///     .with_no_client_auth()
-    ///     .with_single_cert(vec![cert.der().clone()], key)
-    ///     .unwrap();
-    ///
-    /// let watch = tower_drain::Watch::new();
-    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let listener = tower_drain::GracefulAccept::new(listener, watch);
-    /// let listener = tower_drain::TlsAccept::new(listener, Arc::new(config))
-    ///     .handshake_timeout(std::time::Duration::from_secs(5));
-    /// # drop(listener);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn new(listener: GracefulAccept<L>, config: Arc<ServerConfig>) -> Self {
         Self {
             listener,
@@ -126,34 +114,13 @@ impl<L: DrainableListener> TlsAccept<L> {
     }
 
     /// The longest a handshake may take before the connection is closed.
-    /// Default 10 s. (Example: [`TlsAccept::new`].)
+    /// Default 10 s.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
     /// The [`Watch`] the listener reports to.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # use std::sync::Arc;
-    /// # use tokio_rustls::rustls::{crypto::ring, pki_types::PrivateKeyDer, ServerConfig};
-    /// # let rcgen::CertifiedKey { cert, signing_key } =
-    /// #     rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    /// # let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-    /// # let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-    /// #     .with_safe_default_protocol_versions().unwrap()
-    /// #     .with_no_client_auth()
-    /// #     .with_single_cert(vec![cert.der().clone()], key).unwrap();
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// # let mut listener = tower_drain::TlsAccept::new(listener, Arc::new(config));
-    /// assert_eq!(listener.watch().listeners(), 1);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn watch(&self) -> &Watch {
         self.listener.watch()
     }
@@ -163,61 +130,19 @@ impl<L: DrainableListener> TlsAccept<L> {
     /// # Errors
     ///
     /// Fails once the drain has closed the listener.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # use std::sync::Arc;
-    /// # use tokio_rustls::rustls::{crypto::ring, pki_types::PrivateKeyDer, ServerConfig};
-    /// # let rcgen::CertifiedKey { cert, signing_key } =
-    /// #     rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    /// # let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-    /// # let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-    /// #     .with_safe_default_protocol_versions().unwrap()
-    /// #     .with_no_client_auth()
-    /// #     .with_single_cert(vec![cert.der().clone()], key).unwrap();
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// # let mut listener = tower_drain::TlsAccept::new(listener, Arc::new(config));
-    /// assert!(listener.local_addr()?.ip().is_loopback());
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn local_addr(&self) -> io::Result<L::Addr> {
         self.listener.local_addr()
     }
 
     /// Accepts the next connection whose TLS handshake has completed.
     ///
+    /// A connection whose handshake is under way, or has not started (a
+    /// client that connects and stays silent), is not returned, but counts
+    /// in [`Watch::connections`] meanwhile.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: see the [type documentation](TlsAccept#cancel-safety).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// # use std::sync::Arc;
-    /// # use tokio_rustls::rustls::{crypto::ring, pki_types::PrivateKeyDer, ServerConfig};
-    /// # let rcgen::CertifiedKey { cert, signing_key } =
-    /// #     rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    /// # let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-    /// # let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-    /// #     .with_safe_default_protocol_versions().unwrap()
-    /// #     .with_no_client_auth()
-    /// #     .with_single_cert(vec![cert.der().clone()], key).unwrap();
-    /// # let watch = tower_drain::Watch::new();
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// # let listener = tower_drain::GracefulAccept::new(listener, watch.clone());
-    /// # let mut listener = tower_drain::TlsAccept::new(listener, Arc::new(config));
-    /// // A client that connects but never starts its handshake is not returned:
-    /// let _silent = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
-    /// let accepted = tokio::time::timeout(std::time::Duration::from_millis(50), listener.accept());
-    /// assert!(accepted.await.is_err());
-    /// assert_eq!(watch.connections(), 1); // but it counts as open
-    /// # Ok(())
-    /// # }
-    /// ```
     pub async fn accept(&mut self) -> (TlsIo<L::Io>, L::Addr) {
         loop {
             tokio::select! {
@@ -318,11 +243,15 @@ pin_project! {
     /// decrypted application data from it, and whose first request head is
     /// followed in that data.
     ///
+    /// The rustls session is behind [`get_ref`](Self::get_ref):
+    ///
     /// ```
-    /// fn alpn<I>(io: &tower_drain::TlsIo<I>) -> Option<&[u8]> {
-    ///     io.get_ref().get_ref().1.alpn_protocol()
+    /// use tower_drain::TlsIo;
+    ///
+    /// fn alpn_and_sni<I>(io: &TlsIo<I>) -> (Option<&[u8]>, Option<&str>) {
+    ///     let (_io, session) = io.get_ref().get_ref();
+    ///     (session.alpn_protocol(), session.server_name())
     /// }
-    /// # let _ = alpn::<tokio::net::TcpStream>;
     /// ```
     pub struct TlsIo<I> {
         #[pin]
@@ -342,13 +271,6 @@ impl<I> TlsIo<I> {
 
     /// The TLS stream: the connection and the rustls session, for the
     /// negotiated ALPN protocol, the SNI name or client certificates.
-    ///
-    /// ```
-    /// fn server_name<I>(io: &tower_drain::TlsIo<I>) -> Option<&str> {
-    ///     io.get_ref().get_ref().1.server_name()
-    /// }
-    /// # let _ = server_name::<tokio::net::TcpStream>;
-    /// ```
     pub fn get_ref(&self) -> &TlsStream<TrackedIo<I>> {
         &self.stream
     }

@@ -28,7 +28,7 @@ use crate::{DrainableListener, GracefulAccept, TrackedIo};
 /// drain has closed the listener it stays pending, and tonic stops polling
 /// it when the shutdown signal resolves.
 ///
-/// ```
+/// ```no_run
 /// use tokio::net::TcpListener;
 /// use tonic::transport::Server;
 /// use tower_drain::{DrainLayer, GracefulAccept, Watch};
@@ -38,7 +38,7 @@ use crate::{DrainableListener, GracefulAccept, TrackedIo};
 /// let watch = Watch::new();
 /// let listener = GracefulAccept::new(TcpListener::bind("127.0.0.1:0").await?, watch.clone());
 /// let (_reporter, health) = tonic_health::server::health_reporter();
-/// # watch.trigger(); // so that this example ends
+/// watch.trigger_on_signals()?;
 ///
 /// Server::builder()
 ///     .layer(DrainLayer::new(watch.clone()))
