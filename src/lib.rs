@@ -53,6 +53,23 @@
 //!
 //! Every step is logged with `tracing` under the `tower_drain` target.
 //!
+//! # What is where
+//!
+//! - [`Watch`] coordinates the drain: built with a [`WatchBuilder`] (bad
+//!   settings give a [`ConfigError`]), it moves through each [`Phase`], and
+//!   the futures in [`future`] wait for each step.
+//! - [`Observer`] sees the drain without controlling it; [`Readiness`]
+//!   answers load balancers and [`EndOnDrain`] ends a stream with it.
+//! - [`GracefulAccept`] drains any [`DrainableListener`] and wraps each
+//!   connection in a [`TrackedIo`]; `TlsAccept` and `TlsIo` (feature
+//!   `rustls`) do the same over TLS.
+//! - [`DrainLayer`] counts requests and marks responses `Connection: close`;
+//!   its service, future and body are in [`layer`], and the axum hook-up in
+//!   [`axum`](mod@axum).
+//! - [`DrainReport`] says what the drain did, [`ForceCause`] why it was
+//!   forced.
+//! - [`restart`] keeps sockets open across a restart.
+//!
 //! # Restarts
 //!
 //! A restart that hands the listening socket on never closes it, so nothing
