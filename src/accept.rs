@@ -16,11 +16,11 @@ use std::{
 use tokio::time::{Instant, Sleep};
 
 use crate::{
-    future::Draining,
+    future::Changes,
     io::{ConnectionToken, TrackedIo},
     listener::DrainableListener,
     shared::SharedSocket,
-    watch::Watch,
+    watch::{Inner, Watch},
 };
 
 /// Default [`GracefulAccept::queue_drain_limit`].
@@ -41,10 +41,11 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// wrapped listener's accept, with each connection wrapped in a [`TrackedIo`]
 /// that counts it as open. Once triggered, it stops waiting for new
 /// connections and accepts, without blocking, every connection the kernel has
-/// already queued, handing each to the server like any other; when the queue
-/// is empty (and stays empty for the [`straggler_wait`](Self::straggler_wait)),
-/// or a [limit](Self::queue_drain_limit) is reached, it closes the socket
-/// exactly once. From then on new connection attempts are refused and
+/// already queued, handing each to the server like any other; once the queue
+/// is empty it accepts what still arrives for the
+/// [`straggler_wait`](Self::straggler_wait), then closes the socket exactly
+/// once, or sooner if a [limit](Self::queue_drain_limit) is reached or the
+/// drain is forced. From then on new connection attempts are refused and
 /// `accept` stays pending.
 ///
 /// With the `axum` feature it implements `axum::serve::Listener`.
@@ -96,15 +97,16 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub struct GracefulAccept<L: DrainableListener> {
     state: State<L>,
     /// Connections the drain took from the queue, counted but not yet
-    /// registered with the runtime nor handed out. They outlive the socket:
-    /// the drain closes it first and hands them out after.
+    /// registered with the runtime nor handed out: one is handed out after
+    /// each batch, and those left when the socket closes after it.
     handoff: VecDeque<(ConnectionToken, L::Queued)>,
     /// Armed after an accept error such as `EMFILE`: no accept until it fires.
     backoff: Option<Pin<Box<Sleep>>>,
     watch: Watch,
-    /// Wakes the task when the drain starts. Boxed because it is `!Unpin`
-    /// and `accept` takes `&mut self`, not a pinned `self`.
-    draining: Pin<Box<Draining>>,
+    /// Wakes the task on the drain's changes: its start while accepting, a
+    /// force while draining. Boxed because it is `!Unpin` and `accept` takes
+    /// `&mut self`, not a pinned `self`.
+    changes: Pin<Box<Changes>>,
     limits: Limits,
     shared: Arc<SharedSocket>,
     /// Whether `shared` has been told that this listener accepts.
@@ -188,7 +190,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
             state: State::Accepting { open },
             handoff: VecDeque::new(),
             backoff: None,
-            draining: Box::pin(watch.draining()),
+            changes: Box::pin(Changes::new(watch.inner.clone())),
             watch,
             limits: Limits {
                 connections: DEFAULT_QUEUE_DRAIN_LIMIT,
@@ -296,11 +298,12 @@ impl<L: DrainableListener> GracefulAccept<L> {
     /// `Pending` when there is nothing to do until woken, or connections in
     /// `handoff` to hand out first.
     fn poll_listener(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(L::Io, L::Addr)>> {
-        if matches!(self.state, State::Accepting { .. }) && self.poll_triggered(cx) {
+        if matches!(self.state, State::Accepting { .. }) && self.poll_watch(cx) {
             self.start_drain();
         }
+        let forced = matches!(self.state, State::Draining { .. }) && self.poll_watch(cx);
         if let State::Draining { drain, .. } = &self.state {
-            if drain.is_over(&self.watch, &self.limits) {
+            if forced || drain.is_over(&self.limits) {
                 self.close();
             }
         }
@@ -313,6 +316,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
             State::Draining { open, drain } => {
                 if drain.stragglers.is_none() {
                     let limit = self.limits.connections;
+                    // An accept error is returned (`?`) like any other.
                     if !drain.take_batch(
                         &mut open.listener,
                         &mut self.handoff,
@@ -327,7 +331,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
                     }
                 }
                 let (_, timer) = drain.stragglers.get_or_insert_with(|| {
-                    let until = Instant::now() + self.limits.straggler_wait;
+                    let until = (Instant::now() + self.limits.straggler_wait).min(drain.until);
                     (until, Box::pin(tokio::time::sleep_until(until)))
                 });
                 match open.listener.poll_accept(cx) {
@@ -359,8 +363,19 @@ impl<L: DrainableListener> GracefulAccept<L> {
         None
     }
 
-    fn poll_triggered(&mut self, cx: &mut Context<'_>) -> bool {
-        self.watch.is_draining() || self.draining.as_mut().poll(cx).is_ready()
+    /// Whether the drain has reached what moves this listener on from its
+    /// state: the drain's start while accepting, a force while draining.
+    /// `false` registers the task to be woken when it does.
+    fn poll_watch(&mut self, cx: &mut Context<'_>) -> bool {
+        let moves_on: fn(&Inner) -> bool = match self.state {
+            State::Accepting { .. } => Inner::is_draining,
+            State::Draining { .. } => Inner::is_forced,
+            State::Closed => return false,
+        };
+        self.changes
+            .as_mut()
+            .poll_until(cx, |inner, _| moves_on(inner).then_some(()))
+            .is_ready()
     }
 
     /// `Accepting → Draining`, or `→ Closed` for a shared socket.
@@ -434,14 +449,13 @@ impl<L: DrainableListener> GracefulAccept<L> {
 }
 
 impl Drain {
-    /// Whether to close the socket now: forced, at the limit, out of time,
-    /// or the wait for stragglers is over. The clock is read, not only the
-    /// timers, which cannot fire while the server keeps this task busy
-    /// handing out drained connections.
-    fn is_over(&self, watch: &Watch, limits: &Limits) -> bool {
+    /// Whether to close the socket now: at the limit, out of time, or the
+    /// wait for stragglers is over. The clock is read: the straggler timer
+    /// (armed no later than `until`) cannot fire while the server keeps this
+    /// task busy handing out drained connections.
+    fn is_over(&self, limits: &Limits) -> bool {
         let now = Instant::now();
-        watch.inner.is_forced()
-            || self.accepted >= limits.connections
+        self.accepted >= limits.connections
             || now >= self.until
             || self
                 .stragglers
@@ -458,7 +472,7 @@ impl Drain {
         watch: &Watch,
         limit: usize,
     ) -> io::Result<bool> {
-        for _ in 0..DRAIN_BATCH.min(limit - self.accepted) {
+        for _ in 0..DRAIN_BATCH.min(limit.saturating_sub(self.accepted)) {
             let Some(queued) = listener.try_accept()? else {
                 return Ok(true);
             };
@@ -482,6 +496,9 @@ fn is_transient(error: &io::Error) -> bool {
 
 impl<L: DrainableListener> Drop for GracefulAccept<L> {
     fn drop(&mut self) {
+        // Dropped mid-drain (a forced drain lets the server stop before
+        // the queue is empty): count the drain and what the close resets.
+        self.close();
         // Connections the drain took from the kernel's queue but the server
         // never took from us: closing them unread resets them, as the
         // kernel would have. The report must not call that clean.

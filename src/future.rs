@@ -1,6 +1,7 @@
-//! The futures that wait for each step of a drain, in the order they
-//! resolve: [`Draining`], [`ListenersClosed`], [`ShutdownSignal`] and
-//! [`Drained`]. A [`Watch`] hands them out; none of them polls.
+//! The futures that wait for each step of a drain: [`Draining`],
+//! [`ListenersClosed`], [`ShutdownSignal`] and [`Drained`], which resolve in
+//! that order (a forced drain lets `ShutdownSignal` go first). A [`Watch`]
+//! hands them out; none of them polls.
 //!
 //! ```
 //! use tower_drain::Watch;
@@ -22,7 +23,9 @@
 //! # Cancel safety
 //!
 //! Each is cancel safe: it holds nothing but its registration for the next
-//! change, and a new one sees whatever happened meanwhile.
+//! change (and `ShutdownSignal` a timer), and a new one sees whatever
+//! happened meanwhile. Building one needs no runtime; polling
+//! `ShutdownSignal` needs tokio's timer.
 //!
 //! [`Watch`]: crate::Watch
 
@@ -44,8 +47,8 @@ use crate::{report::DrainReport, watch::Inner};
 
 pin_project! {
     /// A registration for the next change of a drain, renewed each time it
-    /// fires: what every future here is built on.
-    struct Changes {
+    /// fires: what every future here, and `GracefulAccept`, waits with.
+    pub(crate) struct Changes {
         inner: Arc<Inner>,
         #[pin]
         notified: OwnedNotified,
@@ -53,27 +56,27 @@ pin_project! {
 }
 
 impl Changes {
-    fn new(inner: Arc<Inner>) -> Self {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
         let notified = inner.notified();
         Self { inner, notified }
     }
 
-    /// Resolves once `done` holds.
+    /// Resolves with what `ready` returns once it returns `Some`.
     ///
-    /// The registration is enabled before `done` is checked: `notify_waiters`
-    /// wakes only registered waiters, and every change a condition depends on
-    /// notifies after its store, so a change right after the check still
-    /// wakes this task.
-    fn poll_until(
+    /// The registration is enabled before `ready` is asked: `notify_waiters`
+    /// wakes only registered waiters, and every change that can make a
+    /// condition true notifies after its store, so a change right after the
+    /// check still wakes this task.
+    pub(crate) fn poll_until<T>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        mut done: impl FnMut(&Inner, &mut Context<'_>) -> bool,
-    ) -> Poll<()> {
+        mut ready: impl FnMut(&Inner, &mut Context<'_>) -> Option<T>,
+    ) -> Poll<T> {
         let mut this = self.project();
         loop {
             this.notified.as_mut().enable();
-            if done(this.inner, cx) {
-                return Poll::Ready(());
+            if let Some(output) = ready(this.inner, cx) {
+                return Poll::Ready(output);
             }
             ready!(this.notified.as_mut().poll(cx));
             this.notified.set(this.inner.notified());
@@ -108,7 +111,7 @@ macro_rules! wait_for {
                 let until: fn(&Inner) -> bool = $until;
                 self.project()
                     .changes
-                    .poll_until(cx, |inner, _| until(inner))
+                    .poll_until(cx, |inner, _| until(inner).then_some(()))
             }
         }
 
@@ -154,12 +157,9 @@ impl Future for Drained {
     type Output = DrainReport;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
-        let mut report = None;
-        ready!(self.project().changes.poll_until(cx, |inner, _| {
-            report = inner.report();
-            report.is_some()
-        }));
-        Poll::Ready(report.expect("checked by poll_until"))
+        self.project()
+            .changes
+            .poll_until(cx, |inner, _| inner.report())
     }
 }
 
@@ -201,10 +201,10 @@ impl Future for ShutdownSignal {
         let mut grace = this.grace;
         ready!(changes.as_mut().poll_until(cx, |inner, cx| {
             if !inner.listeners_done() {
-                return false;
+                return None;
             }
             let Some(until) = inner.first_byte_deadline() else {
-                return true;
+                return Some(());
             };
             let over = Instant::now() >= until || first_byte_grace_over(grace.as_mut(), until, cx);
             if over {
@@ -212,7 +212,7 @@ impl Future for ShutdownSignal {
                     "first-byte grace over; silent connections are no longer protected"
                 );
             }
-            over
+            over.then_some(())
         }));
         tracing::debug!(
             connections = changes.inner.connections(),

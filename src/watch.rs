@@ -574,7 +574,7 @@ impl Inner {
         if self.is_forced() || self.awaiting_first_byte.load(SeqCst) == 0 {
             return None;
         }
-        Some(self.last_accept() + self.config.first_byte_grace)
+        Some(self.first_byte_grace_end())
     }
 
     pub(crate) fn connections(&self) -> usize {
@@ -613,8 +613,7 @@ impl Inner {
     /// [`Watch::shutdown_signal`] until the handshake timeout, and closing
     /// it loses nothing.
     async fn cut_off_silent_handshakes(&self) {
-        self.sleep_past(|inner| inner.last_accept() + inner.config.first_byte_grace)
-            .await;
+        self.sleep_past(Self::first_byte_grace_end).await;
         let cut = self.cut_off_where(Slot::cut_off_silence);
         if cut > 0 {
             tracing::info!(
@@ -662,6 +661,11 @@ impl Inner {
                 "closed connections whose first request head was still incomplete",
             );
         }
+    }
+
+    /// When the newest connection's first-byte grace runs out.
+    fn first_byte_grace_end(&self) -> Instant {
+        self.last_accept() + self.config.first_byte_grace
     }
 
     fn last_accept(&self) -> Instant {

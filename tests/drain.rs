@@ -5,6 +5,7 @@ mod common;
 use std::{future::IntoFuture, io, time::Duration};
 
 use common::*;
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_drain::{DrainReport, ForceCause, GracefulAccept, Phase, Watch};
@@ -70,6 +71,28 @@ async fn dropping_the_listener_mid_drain_is_not_clean() {
     }
     let report = within("the drain", watch.drained()).await;
     assert_eq!(report.reset_in_queue, QUEUED - 1, "{report}");
+    assert!(!report.is_clean(), "{report}");
+}
+
+/// A `GracefulAccept` dropped while it waits for stragglers, with one just
+/// queued in the kernel: the close resets it, and the report says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_listener_while_waiting_for_stragglers_is_not_clean() {
+    let listener = bind(localhost(), false);
+    let addr = listener.local_addr().unwrap();
+    let watch = Watch::new();
+    let mut listener =
+        GracefulAccept::new(listener, watch.clone()).straggler_wait(Duration::from_secs(3600));
+    watch.trigger();
+    // One poll finds the queue empty: the listener waits for stragglers.
+    assert!(listener.accept().now_or_never().is_none());
+    let mut straggler = connect_and_send(addr, &request("/")).await.unwrap();
+    drop(listener);
+
+    let outcome = within("the close", read_response(&mut straggler)).await;
+    assert_eq!(outcome, Outcome::Reset);
+    let report = within("the drain", watch.drained()).await;
+    assert_eq!(report.reset_in_queue, 1, "{report}");
     assert!(!report.is_clean(), "{report}");
 }
 

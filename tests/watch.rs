@@ -587,6 +587,44 @@ async fn polled_listener_drains_its_queue_then_closes() {
     server.abort();
 }
 
+/// A force while the listener waits for stragglers wakes it, and it closes at once rather than when the wait ends.
+#[tokio::test]
+async fn force_closes_a_listener_waiting_for_stragglers() {
+    let watch = Watch::new();
+    let (listener, _dialer) = listen(&watch);
+    let mut listener = listener.straggler_wait(Duration::from_secs(3600));
+    watch.trigger();
+    let mut accept = task::spawn(listener.accept());
+    assert_pending!(accept.poll(), "the queue is empty: waiting for stragglers");
+    assert_eq!(watch.listeners(), 1);
+
+    watch.force();
+    assert!(accept.is_woken(), "the force did not wake the listener");
+    assert_pending!(accept.poll());
+    assert_eq!(watch.listeners(), 0);
+}
+
+/// The queue drain timeout also bounds the wait for stragglers: the listener closes exactly then.
+#[tokio::test(start_paused = true)]
+async fn queue_drain_timeout_bounds_the_wait_for_stragglers() {
+    const TIMEOUT: Duration = Duration::from_millis(100);
+    let watch = Watch::new();
+    let (listener, _dialer) = listen(&watch);
+    let mut listener = listener
+        .straggler_wait(Duration::from_secs(3600))
+        .queue_drain_timeout(TIMEOUT);
+    let triggered = Instant::now();
+    watch.trigger();
+    let server = tokio::spawn(async move {
+        loop {
+            drop(listener.accept().await);
+        }
+    });
+    within("the listener to close", watch.listeners_closed()).await;
+    assert_eq!(triggered.elapsed(), TIMEOUT);
+    server.abort();
+}
+
 /// `shutdown_signal()` holds back while an accepted connection has not read its first byte, and resolves once it has.
 #[tokio::test]
 async fn shutdown_signal_waits_for_the_first_byte() {
