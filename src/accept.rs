@@ -330,6 +330,8 @@ impl<L: DrainableListener> GracefulAccept<L> {
                         return Poll::Pending;
                     }
                 }
+                // The queue is empty: accept stragglers the usual way until
+                // the timer fires, then close.
                 let (_, timer) = drain.stragglers.get_or_insert_with(|| {
                     let until = (Instant::now() + self.limits.straggler_wait).min(drain.until);
                     (until, Box::pin(tokio::time::sleep_until(until)))
