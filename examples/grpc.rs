@@ -12,6 +12,8 @@
 //! respected), prints the report, and exits 0 after a clean drain, 1
 //! otherwise.
 
+mod logging;
+
 use std::{net::SocketAddr, process::ExitCode};
 
 use tokio::net::TcpListener;
@@ -20,13 +22,7 @@ use tower_drain::{DrainLayer, GracefulAccept, Watch};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    logging::init("info");
     match serve().await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

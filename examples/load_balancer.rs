@@ -20,6 +20,8 @@
 //!
 //! Set `RUST_LOG=tower_drain=info` to see each drain's steps on stderr.
 
+mod logging;
+
 use std::{
     io,
     net::SocketAddr,
@@ -490,15 +492,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        // Colours only for a person; logs written to a file or a pipe stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-        )
-        .init();
+    logging::init("off");
 
     let mut tallies = Vec::new();
     for (name, backend) in ROWS {

@@ -23,6 +23,7 @@
 //! service manager with `LISTEN_PID`/`LISTEN_FDS` naming it, the server
 //! serves the inherited socket and ignores `--addr`.
 
+mod logging;
 mod reference;
 
 use std::process::ExitCode;
@@ -45,7 +46,7 @@ async fn main() -> ExitCode {
         Ok(options) => options,
         Err(code) => return code,
     };
-    reference::init_tracing();
+    logging::init("info");
     let watch = match reference::watch(&options) {
         Ok(watch) => watch,
         Err(code) => return code,

@@ -11,6 +11,7 @@
 //! `curl` command that trusts it. Routes, signals and exit codes are those of
 //! `server.rs`; a missing or invalid certificate or key exits 2.
 
+mod logging;
 mod reference;
 
 use std::{
@@ -61,7 +62,7 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(message) => return reference::usage_error(USAGE, &message),
     };
-    reference::init_tracing();
+    logging::init("info");
     let watch = match reference::watch(&options) {
         Ok(watch) => watch,
         Err(code) => return code,

@@ -84,9 +84,10 @@ impl Changes {
     }
 }
 
-/// Defines a named future that resolves once a condition on the drain holds.
+/// Defines a named future that resolves with what `$ready` returns once it
+/// returns `Some`.
 macro_rules! wait_for {
-    ($(#[$doc:meta])* $name:ident, $until:expr) => {
+    ($(#[$doc:meta])* $name:ident -> $output:ty, $ready:expr) => {
         pin_project! {
             $(#[$doc])*
             #[must_use = "futures do nothing unless polled"]
@@ -105,13 +106,11 @@ macro_rules! wait_for {
         }
 
         impl Future for $name {
-            type Output = ();
+            type Output = $output;
 
-            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-                let until: fn(&Inner) -> bool = $until;
-                self.project()
-                    .changes
-                    .poll_until(cx, |inner, _| until(inner).then_some(()))
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<$output> {
+                let ready: fn(&Inner) -> Option<$output> = $ready;
+                self.project().changes.poll_until(cx, |inner, _| ready(inner))
             }
         }
 
@@ -126,48 +125,21 @@ macro_rules! wait_for {
 wait_for!(
     /// Future returned by [`Watch::draining`](crate::Watch::draining) and
     /// [`Observer::draining`](crate::Observer::draining).
-    Draining,
-    Inner::is_draining
+    Draining -> (),
+    |inner| inner.is_draining().then_some(())
 );
 
 wait_for!(
     /// Future returned by [`Watch::listeners_closed`](crate::Watch::listeners_closed).
-    ListenersClosed,
-    Inner::listeners_closed
+    ListenersClosed -> (),
+    |inner| inner.listeners_closed().then_some(())
 );
 
-pin_project! {
+wait_for!(
     /// Future returned by [`Watch::drained`](crate::Watch::drained).
-    #[must_use = "futures do nothing unless polled"]
-    pub struct Drained {
-        #[pin]
-        changes: Changes,
-    }
-}
-
-impl Drained {
-    pub(crate) fn new(inner: Arc<Inner>) -> Self {
-        Self {
-            changes: Changes::new(inner),
-        }
-    }
-}
-
-impl Future for Drained {
-    type Output = DrainReport;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
-        self.project()
-            .changes
-            .poll_until(cx, |inner, _| inner.report())
-    }
-}
-
-impl fmt::Debug for Drained {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Drained").finish_non_exhaustive()
-    }
-}
+    Drained -> DrainReport,
+    Inner::report
+);
 
 pin_project! {
     /// Future returned by [`Watch::shutdown_signal`](crate::Watch::shutdown_signal).

@@ -97,18 +97,6 @@ fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
         .ok_or(format!("{flag} {value:?}: not a number of seconds"))
 }
 
-/// Logs to stderr, `RUST_LOG` respected (default `info`).
-pub(crate) fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colours only for a person; logs written to a file or a pipe stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-}
-
 /// A `Watch` with the `--grace` deadline and the `--lame-duck` period,
 /// triggered by SIGTERM, SIGINT and SIGHUP. A lame duck that leaves no time
 /// for the drain is bad input (exit 2).

@@ -1,0 +1,14 @@
+//! Logging for the examples: to stderr, in colour only on a terminal.
+
+/// Logs to stderr, filtered by `RUST_LOG`, or by `default` without it.
+pub(crate) fn init(default: &str) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Colours only for a person; logs written to a file or a pipe stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .init();
+}
