@@ -144,8 +144,10 @@ wait_for!(
 pin_project! {
     /// Future returned by [`Watch::shutdown_signal`](crate::Watch::shutdown_signal).
     //
-    // `grace` wakes the task when the first-byte grace runs out. It is
-    // created on first need, so that building the future needs no runtime.
+    // `grace` wakes the task when what holds it back may have run out (the
+    // first-byte grace, a keep-alive connection's idle time, the request-head
+    // grace). It is created on first need, so that building the future needs
+    // no runtime.
     #[must_use = "futures do nothing unless polled"]
     pub struct ShutdownSignal {
         #[pin]
@@ -175,16 +177,10 @@ impl Future for ShutdownSignal {
             if !inner.listeners_done() {
                 return None;
             }
-            let Some(until) = inner.first_byte_deadline() else {
+            let Some(until) = inner.shutdown_hold() else {
                 return Some(());
             };
-            let over = Instant::now() >= until || first_byte_grace_over(grace.as_mut(), until, cx);
-            if over {
-                tracing::debug!(
-                    "first-byte grace over; silent connections are no longer protected"
-                );
-            }
-            over.then_some(())
+            (Instant::now() >= until || hold_over(grace.as_mut(), until, cx)).then_some(())
         }));
         tracing::debug!(
             connections = changes.inner.connections(),
@@ -195,13 +191,9 @@ impl Future for ShutdownSignal {
     }
 }
 
-/// Arms `grace` to fire at `until` (the deadline moves with the newest
-/// accept) and polls it.
-fn first_byte_grace_over(
-    mut grace: Pin<&mut Option<Sleep>>,
-    until: Instant,
-    cx: &mut Context<'_>,
-) -> bool {
+/// Arms `grace` to fire at `until` (which moves with the newest accept and
+/// with keep-alive connections' activity) and polls it.
+fn hold_over(mut grace: Pin<&mut Option<Sleep>>, until: Instant, cx: &mut Context<'_>) -> bool {
     match grace.as_mut().as_pin_mut() {
         Some(sleep) if sleep.deadline() == until => {}
         Some(sleep) => sleep.reset(until),

@@ -7,8 +7,8 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{
-            AtomicU8,
-            Ordering::{Acquire, SeqCst},
+            AtomicU64, AtomicU8,
+            Ordering::{Acquire, Relaxed, SeqCst},
         },
         Arc,
     },
@@ -19,7 +19,10 @@ use futures_util::task::AtomicWaker;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::watch::Inner;
+use crate::{
+    framing::{Framing, Position},
+    watch::Inner,
+};
 
 pin_project! {
     /// An accepted connection, as [`GracefulAccept`](crate::GracefulAccept)
@@ -76,7 +79,7 @@ impl<I> TrackedIo<I> {
     /// the request head is read (and tracked) above it.
     #[cfg(feature = "rustls")]
     pub(crate) fn encrypted(&mut self) {
-        self.token.head.stage = Stage::Encrypted;
+        self.token.requests.stage = Stage::Encrypted;
         self.token.slot.transition(SERVING, SILENT);
     }
 
@@ -102,7 +105,7 @@ impl<I: fmt::Debug> fmt::Debug for TrackedIo<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrackedIo")
             .field("io", &self.io)
-            .field("awaiting_first_byte", &self.token.head.is_awaiting())
+            .field("awaiting_first_byte", &self.token.requests.is_awaiting())
             .finish()
     }
 }
@@ -113,47 +116,80 @@ impl<I: fmt::Debug> fmt::Debug for TrackedIo<I> {
 /// connection unanswered.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How far the server has read into a connection's first request.
+/// What the drain adds to the next HTTP/1 request head on a connection: the
+/// server then answers it with `Connection: close` and closes the connection
+/// after that response (RFC 9112 §9.6), so the client is told before the
+/// connection closes and sends nothing more on it.
+const CONNECTION_CLOSE: &[u8] = b"connection: close\r\n";
+
+/// How far the server has read into a connection's requests.
 ///
-/// Two things a graceful shutdown cannot wait for on its own follow from it:
+/// What a graceful shutdown cannot see on its own follows from it:
 /// - until the server has read enough to choose a protocol (one byte that is
 ///   not the start of the HTTP/2 preface, or the whole preface), the
 ///   connection counts as awaiting its first byte, and
 ///   [`Watch::shutdown_signal`](crate::Watch::shutdown_signal) holds back for
 ///   it, up to the first-byte grace;
-/// - while an HTTP/1 connection has not delivered its first request head (up
-///   to the blank line that ends it), its [`Slot`] says so, and the drain may
-///   close it after the request-head grace: no request of it has started.
-///
-/// Later requests on a keep-alive connection need no tracking: hyper closes a
-/// connection between requests itself when the graceful shutdown starts.
-pub(crate) struct RequestHead {
+/// - on HTTP/1, where each request starts and ends ([`Framing`]): its
+///   [`Slot`] says whether the connection is between requests or reading a
+///   head, which the drain waits for and may cut off;
+/// - from the trigger on, it adds `Connection: close` to the next request
+///   head, so that a keep-alive connection retires after its next response
+///   instead of being closed between two requests while the client sends
+///   the next one.
+pub(crate) struct Requests {
     inner: Arc<Inner>,
     slot: Arc<Slot>,
     stage: Stage,
+    /// Bytes read but not yet handed to the server: the part of a read that
+    /// made room for [`CONNECTION_CLOSE`], and its unsent rest.
+    held: Vec<u8>,
 }
 
 enum Stage {
     /// The bytes are TLS records: only the first one is waited for; the
-    /// [`TlsIo`](crate::TlsIo) above reads the request head.
+    /// [`TlsIo`](crate::TlsIo) above reads the requests.
     #[cfg_attr(not(feature = "rustls"), allow(dead_code, reason = "set by TLS only"))]
     Encrypted,
     /// No protocol chosen yet: this many bytes of the HTTP/2 preface read.
     Protocol(usize),
-    /// HTTP/1, reading the first request head.
-    Head(BlankLine),
-    /// The head (or the preface) is complete, or the connection ended.
+    /// HTTP/1: where its requests stand, and whether `Connection: close`
+    /// was added to one.
+    Http1 { framing: Framing, closing: bool },
+    /// HTTP/2, past the request that carries `Connection: close`, past what
+    /// the framing can follow, or ended.
     Done,
 }
 
-impl RequestHead {
+impl Requests {
     pub(crate) fn new(inner: &Arc<Inner>, slot: Arc<Slot>) -> Self {
         inner.awaiting_first_byte();
         Self {
             inner: inner.clone(),
             slot,
             stage: Stage::Protocol(0),
+            held: Vec::new(),
         }
+    }
+
+    /// Reads through `read`: hands out held bytes first, then follows what
+    /// `read` fills in `buf`, adding `Connection: close` to a request head
+    /// from the trigger on.
+    #[inline]
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        read: impl FnOnce(&mut Context<'_>, &mut ReadBuf<'_>) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        if !self.held.is_empty() {
+            self.hand_out_held(buf);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let result = ready!(read(cx, buf));
+        self.read(&result, buf, before);
+        Poll::Ready(result)
     }
 
     /// Notes a finished read: its `result`, and `buf`, whose bytes from
@@ -161,7 +197,7 @@ impl RequestHead {
     /// with room) and an error end the tracking: the server will not drop
     /// the connection unanswered.
     #[inline]
-    pub(crate) fn read(&mut self, result: &io::Result<()>, buf: &ReadBuf<'_>, before: usize) {
+    fn read(&mut self, result: &io::Result<()>, buf: &mut ReadBuf<'_>, before: usize) {
         if matches!(self.stage, Stage::Done) {
             return;
         }
@@ -170,40 +206,98 @@ impl RequestHead {
             self.end();
             return;
         }
-        match &mut self.stage {
-            Stage::Encrypted => self.end(),
+        match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Protocol(matched) => {
-                let matched = *matched;
                 let expected = &H2_PREFACE[matched..];
                 let n = bytes.len().min(expected.len());
                 if bytes[..n] != expected[..n] {
                     self.inner.first_byte_read();
-                    self.start_head(&H2_PREFACE[..matched], bytes);
+                    // HTTP/1: what was taken for the start of the preface
+                    // began the first request.
+                    let mut framing = Framing::new();
+                    framing.read(&H2_PREFACE[..matched], false);
+                    self.follow(framing, false, Position::Lost, buf, before);
                 } else if matched + n < H2_PREFACE.len() {
                     self.stage = Stage::Protocol(matched + n);
                 } else {
-                    self.end();
+                    self.inner.first_byte_read();
                 }
             }
-            Stage::Head(blank) => {
-                if blank.ends_in(bytes) {
-                    self.slot.head_ended();
-                    self.stage = Stage::Done;
-                }
+            Stage::Http1 { framing, closing } => {
+                let was = framing.position();
+                self.follow(framing, closing, was, buf, before);
+            }
+            stage @ Stage::Encrypted => {
+                self.stage = stage;
+                self.end();
             }
             Stage::Done => {}
         }
     }
 
-    /// HTTP/1 chosen: `read` so far, which may already hold the whole head.
-    fn start_head(&mut self, preface: &[u8], bytes: &[u8]) {
-        let mut blank = BlankLine::default();
-        if blank.ends_in(preface) || blank.ends_in(bytes) {
-            self.stage = Stage::Done;
-        } else {
-            self.stage = Stage::Head(blank);
-            self.inner.head_started(&self.slot);
+    /// Follows the HTTP/1 bytes `buf` holds from `before` on with `framing`
+    /// (at `was`, or `Lost` on the first read), adds `Connection: close` to
+    /// a head once the drain has been triggered, and tells the slot where
+    /// the connection stands.
+    fn follow(
+        &mut self,
+        mut framing: Framing,
+        closing: bool,
+        was: Position,
+        buf: &mut ReadBuf<'_>,
+        before: usize,
+    ) {
+        let insert = !closing && self.inner.is_triggered();
+        let insert_at = framing.read(&buf.filled()[before..], insert);
+        if let Some(at) = insert_at {
+            self.insert_connection_close(buf, before + at);
         }
+        let closing = closing || insert_at.is_some();
+        let now = framing.position();
+        if now != was || closing {
+            self.moved(was, now, closing);
+        }
+        self.stage = match (closing, now) {
+            (_, Position::Lost) | (true, Position::Between | Position::Body) => Stage::Done,
+            _ => Stage::Http1 { framing, closing },
+        };
+    }
+
+    /// The connection moved from `was` to `now`.
+    fn moved(&self, was: Position, now: Position, closing: bool) {
+        if now == Position::Head {
+            if was != Position::Head {
+                self.inner.head_started(&self.slot);
+            }
+            return;
+        }
+        let to = match (closing, now) {
+            (true, _) => RETIRING,
+            (false, Position::Between) => BETWEEN,
+            (false, _) => SERVING,
+        };
+        self.slot.moved(to);
+        if matches!(was, Position::Head | Position::Between) && self.inner.is_triggered() {
+            self.inner.hold_released();
+        }
+    }
+
+    /// Puts [`CONNECTION_CLOSE`] at `at` in `buf`, holding back what follows
+    /// it for the next reads if it no longer fits.
+    #[cold]
+    fn insert_connection_close(&mut self, buf: &mut ReadBuf<'_>, at: usize) {
+        self.held.extend_from_slice(CONNECTION_CLOSE);
+        self.held.extend_from_slice(&buf.filled()[at..]);
+        buf.set_filled(at);
+        self.hand_out_held(buf);
+    }
+
+    /// Moves as many held bytes into `buf` as fit.
+    #[cold]
+    fn hand_out_held(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = self.held.len().min(buf.remaining());
+        buf.put_slice(&self.held[..n]);
+        self.held.drain(..n);
     }
 
     /// Stops tracking: the connection is past its first head, or gone.
@@ -214,7 +308,7 @@ impl RequestHead {
                 self.inner.first_byte_read();
             }
             Stage::Protocol(_) => self.inner.first_byte_read(),
-            Stage::Head(_) => self.slot.head_ended(),
+            Stage::Http1 { framing, .. } => self.moved(framing.position(), Position::Lost, false),
             Stage::Done => {}
         }
     }
@@ -224,32 +318,9 @@ impl RequestHead {
     }
 }
 
-impl Drop for RequestHead {
+impl Drop for Requests {
     fn drop(&mut self) {
         self.end();
-    }
-}
-
-/// Finds the blank line that ends an HTTP/1 head (`\r\n\r\n`, or bare
-/// `\n` line ends, which hyper accepts too) across reads.
-#[derive(Default)]
-struct BlankLine {
-    /// 0: inside a line; 1: just after `\n`; 2: after `\n\r`.
-    state: u8,
-}
-
-impl BlankLine {
-    /// Whether the head ends within `bytes`, read after what came before.
-    fn ends_in(&mut self, bytes: &[u8]) -> bool {
-        for &byte in bytes {
-            self.state = match (self.state, byte) {
-                (1 | 2, b'\n') => return true,
-                (_, b'\n') => 1,
-                (1, b'\r') => 2,
-                _ => 0,
-            };
-        }
-        false
     }
 }
 
@@ -258,29 +329,52 @@ impl BlankLine {
 pub(crate) struct Slot {
     /// The task last blocked on the connection, woken when it is closed.
     waker: AtomicWaker,
-    /// `SILENT`, `SERVING`, `READING_HEAD`, or one of the closed states,
-    /// which are final. Transitions are compare-exchanges, so a connection
-    /// whose head completes as the drain closes it is either closed or
-    /// serving, and counted once. The waker orders the closing store before
-    /// the task's next check.
+    /// `SILENT`, `SERVING`, `READING_HEAD`, `BETWEEN`, `RETIRING`, or one
+    /// of the closed states, which are final. Transitions are
+    /// compare-exchanges, so a connection whose head completes as the drain
+    /// closes it is either closed or serving, and counted once. The waker
+    /// orders the closing store before the task's next check.
     state: AtomicU8,
+    /// When the connection last read or wrote, once the drain has been
+    /// triggered: nanoseconds since the `Watch` was created. Written by the
+    /// connection's task, read by [`ShutdownSignal`](crate::future::ShutdownSignal),
+    /// which only needs a recent value (`Relaxed`).
+    last_active: AtomicU64,
 }
 
 /// A TLS connection that has not received a byte: nothing to lose.
 const SILENT: u8 = 0;
+/// Serving, or past what the framing can follow.
 const SERVING: u8 = 1;
-/// An HTTP/1 connection reading its first request head.
-const READING_HEAD: u8 = 2;
-const FORCED: u8 = 3;
-const HEAD_CUT_OFF: u8 = 4;
-const SILENCE_CUT_OFF: u8 = 5;
+/// An HTTP/1 connection reading a request head.
+pub(crate) const READING_HEAD: u8 = 2;
+/// An HTTP/1 connection that has read whole requests only: between two
+/// requests as far as its client is concerned, once its response is out.
+pub(crate) const BETWEEN: u8 = 3;
+/// An HTTP/1 connection whose current request carries `Connection: close`:
+/// the server closes it after that response.
+pub(crate) const RETIRING: u8 = 4;
+const FORCED: u8 = 5;
+const HEAD_CUT_OFF: u8 = 6;
+const SILENCE_CUT_OFF: u8 = 7;
 
 impl Slot {
     pub(crate) fn new() -> Self {
         Self {
             waker: AtomicWaker::new(),
             state: AtomicU8::new(SERVING),
+            last_active: AtomicU64::new(0),
         }
+    }
+
+    /// The state, for the drain's sweeps.
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(SeqCst)
+    }
+
+    /// When the connection last read or wrote after the trigger.
+    pub(crate) fn last_active(&self) -> u64 {
+        self.last_active.load(Relaxed)
     }
 
     /// Closes the connection because the drain was forced.
@@ -289,8 +383,8 @@ impl Slot {
         self.waker.wake();
     }
 
-    /// Closes the connection if it is still reading its first request head,
-    /// and says whether it did.
+    /// Closes the connection if it is still reading a request head, and
+    /// says whether it did.
     pub(crate) fn cut_off_head(&self) -> bool {
         self.cut_off(READING_HEAD, HEAD_CUT_OFF)
     }
@@ -309,14 +403,18 @@ impl Slot {
         cut
     }
 
-    /// Marks the first request head as started; false if the connection is
+    /// Marks a request head as started; false if the connection is
     /// already closed.
     pub(crate) fn start_head(&self) -> bool {
-        self.transition(SERVING, READING_HEAD)
+        self.transition(SERVING, READING_HEAD) || self.transition(BETWEEN, READING_HEAD)
     }
 
-    fn head_ended(&self) {
-        self.transition(READING_HEAD, SERVING);
+    /// Moves an open HTTP/1 connection to `to`; a closed one stays closed.
+    fn moved(&self, to: u8) {
+        // SeqCst: see `transition`.
+        let _ = self.state.fetch_update(SeqCst, SeqCst, |state| {
+            matches!(state, SERVING | READING_HEAD | BETWEEN | RETIRING).then_some(to)
+        });
     }
 
     fn first_byte_received(&self) {
@@ -332,13 +430,19 @@ impl Slot {
             .is_ok()
     }
 
+    /// Notes that the connection read or wrote at `now` (nanoseconds since
+    /// the `Watch` was created).
+    fn touch(&self, now: u64) {
+        self.last_active.store(now, Relaxed);
+    }
+
     /// Fails the operation if the drain has closed the connection.
     #[inline]
     fn check(&self) -> io::Result<()> {
         // Acquire pairs with the closing store; the waker orders a close that
         // lands after a pending poll's first check.
         match self.state.load(Acquire) {
-            SILENT | SERVING | READING_HEAD => Ok(()),
+            SILENT..=RETIRING => Ok(()),
             FORCED => Err(closed("the drain was forced")),
             HEAD_CUT_OFF => Err(closed(
                 "its request head was still incomplete when the request-head grace ran out",
@@ -362,7 +466,7 @@ pub(crate) struct ConnectionToken {
     inner: Arc<Inner>,
     key: usize,
     slot: Arc<Slot>,
-    head: RequestHead,
+    requests: Requests,
 }
 
 impl ConnectionToken {
@@ -372,35 +476,49 @@ impl ConnectionToken {
         Self {
             inner: inner.clone(),
             key,
-            head: RequestHead::new(inner, slot.clone()),
+            requests: Requests::new(inner, slot.clone()),
             slot,
         }
     }
 
-    /// Wraps an inner poll: fails it once the drain has closed the
-    /// connection, and when it is pending, registers the task to be woken by
-    /// a close. The state is checked again after registering, so a close in
-    /// between cannot be missed.
     #[inline]
     fn guard<T>(
         &self,
         cx: &mut Context<'_>,
         poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        self.slot.check()?;
-        let result = poll(cx);
-        if result.is_pending() {
-            self.slot.waker.register(cx.waker());
-            self.slot.check()?;
-        }
-        result
+        guard(&self.slot, &self.inner, cx, poll)
     }
+}
+
+/// Wraps an inner poll of the connection in `slot`: fails it once the drain
+/// has closed the connection, and when it is pending, registers the task to
+/// be woken by a close. The state is checked again after registering, so a
+/// close in between cannot be missed. From the trigger on, notes when the
+/// connection was last active.
+#[inline]
+fn guard<T>(
+    slot: &Slot,
+    inner: &Inner,
+    cx: &mut Context<'_>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    slot.check()?;
+    let result = poll(cx);
+    if result.is_pending() {
+        slot.waker.register(cx.waker());
+        slot.check()?;
+    } else if inner.is_triggered() {
+        slot.touch(inner.elapsed_nanos());
+    }
+    result
 }
 
 impl Drop for ConnectionToken {
     fn drop(&mut self) {
-        self.head.end();
-        self.inner.connection_closed(self.key);
+        let state = self.slot.state();
+        self.requests.end();
+        self.inner.connection_closed(self.key, state);
     }
 }
 
@@ -412,10 +530,16 @@ impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        let before = buf.filled().len();
-        let result = ready!(this.token.guard(cx, |cx| this.io.poll_read(cx, buf)));
-        this.token.head.read(&result, buf, before);
-        Poll::Ready(result)
+        let io = this.io;
+        let ConnectionToken {
+            inner,
+            slot,
+            requests,
+            ..
+        } = this.token;
+        requests.poll_read(cx, buf, |cx, buf| {
+            guard(slot, inner, cx, |cx| io.poll_read(cx, buf))
+        })
     }
 }
 

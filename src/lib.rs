@@ -97,6 +97,7 @@ mod activation;
 pub mod axum;
 #[cfg(unix)]
 mod bind;
+mod framing;
 pub mod future;
 #[cfg(unix)]
 mod handoff;

@@ -34,11 +34,22 @@ pub struct DrainReport {
     /// connections the drain took from the queue that the server never took
     /// from the [`GracefulAccept`](crate::GracefulAccept) before dropping it.
     pub reset_in_queue: usize,
-    /// Connections closed because their first request head was still
-    /// incomplete when the
-    /// [`request_head_grace`](crate::WatchBuilder::request_head_grace) ran
-    /// out: no request of theirs had started.
+    /// Connections closed because a request head was still incomplete when
+    /// the [`request_head_grace`](crate::WatchBuilder::request_head_grace)
+    /// ran out: that request had not started.
     pub heads_cut_off: usize,
+    /// HTTP/1 connections retired by a response: the drain added
+    /// `Connection: close` to their next request head, so the server said
+    /// `Connection: close` on the response and closed the connection after
+    /// it (see [`keep_alive_idle`](crate::WatchBuilder::keep_alive_idle)).
+    pub connections_retired: usize,
+    /// HTTP/1 connections that closed between requests after the trigger,
+    /// with every request they had sent read, none of them marked by the
+    /// drain: idle keep-alive connections closed once idle for
+    /// [`keep_alive_idle`](crate::WatchBuilder::keep_alive_idle), connections
+    /// closed after a response that hyper marked `Connection: close` at the
+    /// shutdown signal, and connections their client closed.
+    pub connections_closed_between_requests: usize,
     /// Listeners whose socket another process also held (a successor, or a
     /// service manager): closed without draining, their queue left to it.
     pub listeners_shared: usize,
@@ -100,7 +111,7 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} connections forced",
+            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} keep-alive connections retired by a response, {} closed between requests, {} connections forced",
             self.total(),
             self.closing_listeners,
             self.closing_connections,
@@ -110,6 +121,8 @@ impl fmt::Display for DrainReport {
             self.requests_completed,
             self.requests_aborted,
             self.heads_cut_off,
+            self.connections_retired,
+            self.connections_closed_between_requests,
             self.connections_forced,
         )?;
         match self.forced {

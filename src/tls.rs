@@ -6,7 +6,7 @@ use std::{
     fmt, io,
     pin::Pin,
     sync::Arc,
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -18,7 +18,7 @@ use tokio::{
 use tokio_rustls::{rustls::ServerConfig, server::TlsStream, TlsAcceptor};
 
 use crate::{
-    io::RequestHead,
+    io::Requests,
     watch::{Inner, Watch},
     DrainableListener, GracefulAccept, TrackedIo,
 };
@@ -256,7 +256,7 @@ pin_project! {
     pub struct TlsIo<I> {
         #[pin]
         stream: TlsStream<TrackedIo<I>>,
-        head: RequestHead,
+        requests: Requests,
     }
 }
 
@@ -265,7 +265,7 @@ impl<I> TlsIo<I> {
         let slot = stream.get_ref().0.slot().clone();
         Self {
             stream,
-            head: RequestHead::new(inner, slot),
+            requests: Requests::new(inner, slot),
         }
     }
 
@@ -291,10 +291,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        let before = buf.filled().len();
-        let result = ready!(this.stream.poll_read(cx, buf));
-        this.head.read(&result, buf, before);
-        Poll::Ready(result)
+        let stream = this.stream;
+        this.requests
+            .poll_read(cx, buf, |cx, buf| stream.poll_read(cx, buf))
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::{
 
 use crate::{
     future::{Drained, Draining, ListenersClosed, ShutdownSignal},
-    io::Slot,
+    io::{Slot, BETWEEN, READING_HEAD, RETIRING},
     observer::Observer,
     report::{DrainReport, ForceCause},
 };
@@ -40,6 +40,9 @@ const DEFAULT_FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
 
 /// Default [`WatchBuilder::request_head_grace`].
 const DEFAULT_REQUEST_HEAD_GRACE: Duration = Duration::from_secs(2);
+
+/// Default [`WatchBuilder::keep_alive_idle`].
+const DEFAULT_KEEP_ALIVE_IDLE: Duration = Duration::from_millis(100);
 
 /// Where a drain stands. Phases only move forward:
 /// `Running → (LameDuck →) Draining → Drained`, or to `Forced` from
@@ -96,6 +99,7 @@ pub struct WatchBuilder {
     lame_duck: Duration,
     first_byte_grace: Duration,
     request_head_grace: Duration,
+    keep_alive_idle: Duration,
 }
 
 impl Default for WatchBuilder {
@@ -105,6 +109,7 @@ impl Default for WatchBuilder {
             lame_duck: Duration::ZERO,
             first_byte_grace: DEFAULT_FIRST_BYTE_GRACE,
             request_head_grace: DEFAULT_REQUEST_HEAD_GRACE,
+            keep_alive_idle: DEFAULT_KEEP_ALIVE_IDLE,
         }
     }
 }
@@ -152,19 +157,47 @@ impl WatchBuilder {
         self
     }
 
-    /// How long into the drain an HTTP/1 connection may take to deliver its
-    /// first request head before the drain closes it. Default 2 s.
+    /// How long into the drain an HTTP/1 connection may take to deliver a
+    /// request head it has started before the drain closes it. Default 2 s.
     ///
     /// A connection that has sent part of a request head (`GET / HTT`) and
     /// stalls would otherwise hold the drain until the deadline. No request
     /// of it has started, so closing it loses nothing, and it does not count
     /// as forced: [`DrainReport::heads_cut_off`](crate::DrainReport::heads_cut_off)
-    /// counts it. The grace runs from the start of the drain, or from the
-    /// last accepted connection if that is later. A grace as long as the
-    /// [`grace`](WatchBuilder::grace) switches this off, for a server behind
+    /// counts it. Until then, [`Watch::shutdown_signal`] waits for heads in
+    /// progress (hyper closes a keep-alive connection whose next head it has
+    /// not read whole) and for keep-alive connections to go idle (see
+    /// [`keep_alive_idle`](WatchBuilder::keep_alive_idle)). The grace runs
+    /// from the start of the drain, or from the last accepted connection if
+    /// that is later. A grace as long as the [`grace`](WatchBuilder::grace)
+    /// switches the closing off, for a server behind
     /// [`GracefulAccept`](crate::GracefulAccept) whose protocol is not HTTP.
     pub fn request_head_grace(mut self, grace: Duration) -> Self {
         self.request_head_grace = grace;
+        self
+    }
+
+    /// How long an HTTP/1 keep-alive connection between two requests must
+    /// have been idle (nothing read or written) before the drain lets the
+    /// server close it. Default 100 ms.
+    ///
+    /// HTTP/1 has one way to retire a connection without a race: say
+    /// `Connection: close` on a response (RFC 9112 §9.6). From the trigger
+    /// on, tower-drain adds `Connection: close` to the next request head of
+    /// every HTTP/1 connection, so the server answers it with
+    /// `Connection: close` and closes the connection after the response
+    /// ([`DrainReport::connections_retired`](crate::DrainReport::connections_retired)).
+    /// A connection that receives no further request is closed between
+    /// requests when [`Watch::shutdown_signal`] resolves, which it does only
+    /// once every such connection has been idle this long: a client that
+    /// used the connection a moment ago may be about to send on it, while
+    /// one that has left it idle (a proxy's pool) sees the close before it
+    /// picks the connection again
+    /// ([`DrainReport::connections_closed_between_requests`](crate::DrainReport::connections_closed_between_requests)).
+    /// The wait ends with the
+    /// [`request_head_grace`](WatchBuilder::request_head_grace) at the latest.
+    pub fn keep_alive_idle(mut self, idle: Duration) -> Self {
+        self.keep_alive_idle = idle;
         self
     }
 
@@ -482,8 +515,13 @@ pub(crate) struct Inner {
     /// Set once the request-head grace has run out: a connection that
     /// starts its first request head from then on is closed at once.
     heads_expired: AtomicBool,
-    /// Connections closed with their first request head incomplete.
+    /// Connections closed with a request head incomplete.
     heads_cut_off: AtomicUsize,
+    /// HTTP/1 connections closed after a request that the drain marked
+    /// `Connection: close`.
+    connections_retired: AtomicUsize,
+    /// HTTP/1 connections closed between requests after the trigger.
+    connections_closed_between_requests: AtomicUsize,
     /// Woken on every change a waiter may be waiting for.
     notify: Arc<Notify>,
     timeline: Mutex<Timeline>,
@@ -520,6 +558,8 @@ impl Inner {
             connections: Mutex::new(Slab::new()),
             heads_expired: AtomicBool::new(false),
             heads_cut_off: AtomicUsize::new(0),
+            connections_retired: AtomicUsize::new(0),
+            connections_closed_between_requests: AtomicUsize::new(0),
             notify: Arc::new(Notify::new()),
             timeline: Mutex::default(),
             report: OnceLock::new(),
@@ -568,13 +608,44 @@ impl Inner {
         self.listeners_closed() && self.handshaking.load(SeqCst) == 0 || self.is_forced()
     }
 
-    /// Until when [`ShutdownSignal`] waits for connections to read their
-    /// first byte: `None` if none is waiting for one, or the drain is forced.
-    pub(crate) fn first_byte_deadline(&self) -> Option<Instant> {
-        if self.is_forced() || self.awaiting_first_byte.load(SeqCst) == 0 {
+    /// Until when [`ShutdownSignal`] holds back once the listeners are
+    /// done, as far as can be told now: `None` if nothing holds it (or the
+    /// drain is forced). It waits for connections to read their first byte
+    /// (up to the first-byte grace), and, up to the request-head grace, for
+    /// HTTP/1 request heads in progress to end and for keep-alive
+    /// connections between requests to be idle for `keep_alive_idle`.
+    pub(crate) fn shutdown_hold(&self) -> Option<Instant> {
+        if self.is_forced() {
             return None;
         }
-        Some(self.first_byte_grace_end())
+        let first_byte =
+            (self.awaiting_first_byte.load(SeqCst) > 0).then(|| self.first_byte_grace_end());
+        first_byte.max(self.keep_alive_hold())
+    }
+
+    /// Until when keep-alive connections hold [`ShutdownSignal`]: the end of
+    /// the request-head grace while a head is in progress, else when the
+    /// most recently active connection between requests will have been idle
+    /// for `keep_alive_idle`. Activity is only noted from the trigger on, so
+    /// each connection counts as active at the trigger.
+    fn keep_alive_hold(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let window_end = self.request_head_grace_end();
+        if now >= window_end {
+            return None;
+        }
+        let mut last_active = None;
+        for (_, slot) in self.lock_connections().iter() {
+            match slot.state() {
+                READING_HEAD => return Some(window_end),
+                BETWEEN => last_active = last_active.max(Some(slot.last_active())),
+                _ => {}
+            }
+        }
+        let last_active =
+            (self.epoch + Duration::from_nanos(last_active?)).max(self.lock_timeline().triggered?);
+        let idle_end = last_active + self.config.keep_alive_idle;
+        (idle_end > now).then_some(idle_end.min(window_end))
     }
 
     pub(crate) fn connections(&self) -> usize {
@@ -642,14 +713,9 @@ impl Inner {
     }
 
     /// Once the request-head grace has run out, closes every connection
-    /// still reading its first request head.
+    /// still reading a request head.
     async fn cut_off_stalled_heads(&self) {
-        let started = self
-            .lock_timeline()
-            .drain_started
-            .unwrap_or_else(Instant::now);
-        self.sleep_past(|inner| started.max(inner.last_accept()) + inner.config.request_head_grace)
-            .await;
+        self.sleep_past(Self::request_head_grace_end).await;
         // See `head_started` for why SeqCst.
         self.heads_expired.store(true, SeqCst);
         let cut = self.cut_off_where(Slot::cut_off_head);
@@ -658,7 +724,7 @@ impl Inner {
             tracing::info!(
                 connections = cut,
                 grace = ?self.config.request_head_grace,
-                "closed connections whose first request head was still incomplete",
+                "closed connections whose request head was still incomplete",
             );
         }
     }
@@ -666,6 +732,22 @@ impl Inner {
     /// When the newest connection's first-byte grace runs out.
     fn first_byte_grace_end(&self) -> Instant {
         self.last_accept() + self.config.first_byte_grace
+    }
+
+    /// When the request-head grace runs out: counted from the start of the
+    /// drain, or from the newest accept if that is later.
+    fn request_head_grace_end(&self) -> Instant {
+        let started = self.lock_timeline().drain_started;
+        started.unwrap_or_else(Instant::now).max(self.last_accept())
+            + self.config.request_head_grace
+    }
+
+    /// Nanoseconds since the `Watch` was created: how connections note when
+    /// they were last active.
+    pub(crate) fn elapsed_nanos(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64
     }
 
     fn last_accept(&self) -> Instant {
@@ -811,6 +893,8 @@ impl Inner {
                 accepted_from_queue = report.accepted_from_queue,
                 listeners_shared = report.listeners_shared,
                 heads_cut_off = report.heads_cut_off,
+                connections_retired = report.connections_retired,
+                connections_closed_between_requests = report.connections_closed_between_requests,
                 requests_completed = report.requests_completed,
                 requests_aborted = report.requests_aborted,
                 connections_forced = report.connections_forced,
@@ -831,6 +915,10 @@ impl Inner {
             accepted_from_queue: self.accepted_from_queue.load(SeqCst),
             reset_in_queue: self.reset_in_queue.load(SeqCst),
             heads_cut_off: self.heads_cut_off.load(SeqCst),
+            connections_retired: self.connections_retired.load(SeqCst),
+            connections_closed_between_requests: self
+                .connections_closed_between_requests
+                .load(SeqCst),
             listeners_shared: self.listeners_shared.load(SeqCst),
             requests_completed: self.requests_completed.load(SeqCst),
             requests_aborted: self.requests_aborted.load(SeqCst),
@@ -884,7 +972,13 @@ impl Inner {
         connections.insert(slot)
     }
 
-    /// `slot`'s connection started its first request head (HTTP/1).
+    /// A connection stopped reading a head or being between requests after
+    /// the trigger: [`ShutdownSignal`] may be waiting for it.
+    pub(crate) fn hold_released(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// `slot`'s connection started a request head (HTTP/1).
     pub(crate) fn head_started(&self, slot: &Slot) {
         // The store in `start_head` and this load pair with the sweep's
         // store of `heads_expired` and its compare-exchange on every slot
@@ -898,16 +992,27 @@ impl Inner {
     /// A connection was handed to the server and has not been read yet.
     pub(crate) fn awaiting_first_byte(&self) {
         self.awaiting_first_byte.fetch_add(1, SeqCst);
-        let since_epoch = Instant::now().saturating_duration_since(self.epoch);
-        self.last_accept
-            .store(since_epoch.as_nanos() as u64, SeqCst);
+        self.last_accept.store(self.elapsed_nanos(), SeqCst);
     }
 
-    pub(crate) fn connection_closed(&self, key: usize) {
+    /// The connection in slot `key` closed, in `state`.
+    pub(crate) fn connection_closed(&self, key: usize, state: u8) {
+        if self.is_triggered() {
+            match state {
+                RETIRING => self.connections_retired.fetch_add(1, SeqCst),
+                BETWEEN => self
+                    .connections_closed_between_requests
+                    .fetch_add(1, SeqCst),
+                _ => 0,
+            };
+        }
         let mut connections = self.lock_connections();
         connections.remove(key);
         let last = connections.is_empty();
         drop(connections);
+        if matches!(state, BETWEEN | READING_HEAD) && self.is_triggered() {
+            self.hold_released();
+        }
         if last && self.is_draining() {
             self.finish_if_drained();
         }

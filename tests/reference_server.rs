@@ -86,10 +86,10 @@ async fn request_cut_off_at_the_deadline_is_aborted() {
 async fn stalled_request_head_does_not_hold_the_drain() {
     let (stopped, code) = drain_beside("", b"GET / HTT", "").await;
     assert!(
-        stopped
-            .contains("1 connections with an incomplete request head closed, 0 connections forced"),
+        stopped.contains("1 connections with an incomplete request head closed, "),
         "{stopped}"
     );
+    assert!(stopped.contains(", 0 connections forced"), "{stopped}");
     assert_eq!(code, Some(0));
 }
 

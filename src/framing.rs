@@ -1,0 +1,362 @@
+//! Where one HTTP/1 request ends and the next begins, followed in the bytes a
+//! connection reads: what tells a keep-alive connection between requests from
+//! one receiving a request, and where the drain may add a header to the next
+//! request head.
+//!
+//! It follows the message framing of RFC 9112: a head ends at its blank line
+//! (§2.1); the body that follows is as long as `Content-Length` says, or
+//! chunked when `Transfer-Encoding` is present (§6.3, §7.1), or empty. A
+//! request that may switch protocols (`Upgrade`, `CONNECT`), and anything it
+//! cannot follow, ends the tracking: the connection is then treated as it
+//! would be without it.
+
+/// Where the reading of a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// Between two requests: every byte read so far belongs to a whole request.
+    Between,
+    /// Inside a request head.
+    Head,
+    /// Inside a request body.
+    Body,
+    /// Past what can be followed (an upgrade, `CONNECT`, framing it does not
+    /// know): no more boundaries.
+    Lost,
+}
+
+/// Follows request boundaries across reads.
+#[derive(Debug)]
+pub(crate) struct Framing {
+    part: Part,
+}
+
+#[derive(Debug)]
+enum Part {
+    Head(Head),
+    /// A body of known length: bytes left.
+    Body(u64),
+    Chunked(Chunk),
+    Lost,
+}
+
+/// Longest header line start kept across reads: enough for the names it
+/// looks for and any sane `Content-Length` value. A longer line of one of
+/// those names ends the tracking.
+const KEEP: usize = 48;
+
+#[derive(Debug)]
+struct Head {
+    /// Bytes of this head read so far.
+    read: u64,
+    /// Whether the line being read is the request line.
+    request_line: bool,
+    /// The start of the line being read, and how long the line is so far.
+    line: [u8; KEEP],
+    line_len: usize,
+    length: Option<u64>,
+    chunked: bool,
+    upgrade: bool,
+}
+
+impl Head {
+    fn new() -> Self {
+        Self {
+            read: 0,
+            request_line: true,
+            line: [0; KEEP],
+            line_len: 0,
+            length: None,
+            chunked: false,
+            upgrade: false,
+        }
+    }
+
+    /// Takes in one whole line (without its `\n`); `false` if the head
+    /// cannot be followed.
+    fn line_ended(&mut self) -> bool {
+        let len = self.line_len;
+        self.line_len = 0;
+        let kept = &self.line[..len.min(KEEP)];
+        if std::mem::take(&mut self.request_line) {
+            self.upgrade |= kept.starts_with(b"CONNECT ");
+            return true;
+        }
+        let Some(colon) = kept.iter().position(|&b| b == b':') else {
+            // A name longer than any looked for, or no header at all (which
+            // the server rejects).
+            return true;
+        };
+        let name = &kept[..colon];
+        let value = trim(&kept[colon + 1..]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if len > KEEP {
+                return false;
+            }
+            match (parse_length(value), self.length) {
+                (Some(new), None) => self.length = Some(new),
+                (Some(new), Some(old)) if new == old => {}
+                _ => return false,
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.chunked = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.upgrade = true;
+        }
+        true
+    }
+
+    /// What follows the blank line.
+    fn next(&self) -> Part {
+        match (self.upgrade, self.chunked, self.length) {
+            (true, ..) | (false, true, Some(_)) => Part::Lost,
+            (false, true, None) => Part::Chunked(Chunk::Size(0)),
+            (false, false, Some(length)) if length > 0 => Part::Body(length),
+            _ => Part::Head(Head::new()),
+        }
+    }
+}
+
+fn trim(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t' | b'\r', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' ' | b'\t' | b'\r'] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = (b as char).to_digit(10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// A chunked body (RFC 9112 §7.1).
+#[derive(Debug)]
+enum Chunk {
+    /// The hexadecimal size so far.
+    Size(u64),
+    /// Past the size, up to the end of its line (extensions): the size.
+    SizeLine(u64),
+    /// Chunk data: bytes left.
+    Data(u64),
+    /// The line end after chunk data.
+    DataEnd,
+    /// The trailer section; whether the line being read is empty so far.
+    Trailers(bool),
+}
+
+impl Framing {
+    pub(crate) fn new() -> Self {
+        Self {
+            part: Part::Head(Head::new()),
+        }
+    }
+
+    pub(crate) fn position(&self) -> Position {
+        match &self.part {
+            Part::Head(head) if head.read == 0 => Position::Between,
+            Part::Head(_) => Position::Head,
+            Part::Body(_) | Part::Chunked(_) => Position::Body,
+            Part::Lost => Position::Lost,
+        }
+    }
+
+    /// Follows `bytes`, read after everything before. With `insert`, says
+    /// where in them a header line can go into a request head: just after
+    /// the first line end inside a head that is not the head's last.
+    pub(crate) fn read(&mut self, mut bytes: &[u8], insert: bool) -> Option<usize> {
+        let mut insert_at = None;
+        let total = bytes.len();
+        while !bytes.is_empty() {
+            let taken = match &mut self.part {
+                Part::Lost => return insert_at,
+                Part::Head(_) => {
+                    let (taken, line_end) = self.head(bytes);
+                    if insert && insert_at.is_none() && line_end {
+                        insert_at = Some(total - bytes.len() + taken);
+                    }
+                    taken
+                }
+                Part::Body(left) => {
+                    let taken = (*left).min(bytes.len() as u64);
+                    *left -= taken;
+                    if *left == 0 {
+                        self.part = Part::Head(Head::new());
+                    }
+                    taken as usize
+                }
+                Part::Chunked(chunk) => {
+                    let (taken, done) = chunk.read(bytes);
+                    match done {
+                        Some(true) => self.part = Part::Head(Head::new()),
+                        Some(false) => self.part = Part::Lost,
+                        None => {}
+                    }
+                    taken
+                }
+            };
+            bytes = &bytes[taken..];
+        }
+        insert_at
+    }
+
+    /// Reads head bytes up to and including the next line end. Returns how
+    /// many it took, and whether they ended a non-empty line (after which a
+    /// header line may be inserted).
+    fn head(&mut self, bytes: &[u8]) -> (usize, bool) {
+        let Part::Head(head) = &mut self.part else {
+            unreachable!("called inside a head");
+        };
+        let end = bytes.iter().position(|&b| b == b'\n');
+        let line = &bytes[..end.unwrap_or(bytes.len())];
+        let keep = KEEP.saturating_sub(head.line_len).min(line.len());
+        let at = head.line_len.min(KEEP);
+        head.line[at..at + keep].copy_from_slice(&line[..keep]);
+        head.line_len += line.len();
+        head.read += line.len() as u64;
+        let Some(end) = end else {
+            return (bytes.len(), false);
+        };
+        head.read += 1;
+        let empty = head.line_len == 0 || head.line_len == 1 && head.line[0] == b'\r';
+        if head.request_line && empty {
+            // Empty lines before a request line are ignored (RFC 9112 §2.2).
+            head.line_len = 0;
+            head.read = 0;
+            return (end + 1, false);
+        }
+        if empty {
+            self.part = head.next();
+            return (end + 1, false);
+        }
+        if !head.line_ended() {
+            self.part = Part::Lost;
+            return (end + 1, false);
+        }
+        (end + 1, true)
+    }
+}
+
+impl Chunk {
+    /// Reads chunked-body bytes; returns how many it took, and whether the
+    /// body ended there (`Some(true)`) or cannot be followed (`Some(false)`).
+    fn read(&mut self, bytes: &[u8]) -> (usize, Option<bool>) {
+        for (i, &byte) in bytes.iter().enumerate() {
+            *self = match (&*self, byte) {
+                (Chunk::Data(left), _) => {
+                    let taken = (*left).min((bytes.len() - i) as u64);
+                    let left = left - taken;
+                    *self = if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    };
+                    return (i + taken as usize, None);
+                }
+                (Chunk::Size(size), b'\n') | (Chunk::SizeLine(size), b'\n') => match size {
+                    0 => Chunk::Trailers(true),
+                    size => Chunk::Data(*size),
+                },
+                (Chunk::Size(size), _) => match (byte as char).to_digit(16) {
+                    Some(digit) => match size.checked_mul(16) {
+                        Some(size) => Chunk::Size(size + u64::from(digit)),
+                        None => return (i, Some(false)),
+                    },
+                    None => Chunk::SizeLine(*size),
+                },
+                (Chunk::SizeLine(size), _) => Chunk::SizeLine(*size),
+                (Chunk::DataEnd, b'\n') => Chunk::Size(0),
+                (Chunk::DataEnd, _) => Chunk::DataEnd,
+                (Chunk::Trailers(true), b'\n') => return (i + 1, Some(true)),
+                (Chunk::Trailers(_), b'\n') => Chunk::Trailers(true),
+                (Chunk::Trailers(empty), b'\r') => Chunk::Trailers(*empty),
+                (Chunk::Trailers(_), _) => Chunk::Trailers(false),
+            };
+        }
+        (bytes.len(), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `size` bytes; the positions after each.
+    fn positions(input: &[u8], size: usize) -> Vec<Position> {
+        let mut framing = Framing::new();
+        input
+            .chunks(size)
+            .map(|piece| {
+                framing.read(piece, false);
+                framing.position()
+            })
+            .collect()
+    }
+
+    fn ends_between(input: &[u8]) {
+        for size in 1..=input.len() {
+            assert_eq!(
+                positions(input, size).last(),
+                Some(&Position::Between),
+                "pieces of {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn follows_bodies_of_every_kind_in_pieces_of_any_size() {
+        ends_between(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        ends_between(b"\r\nGET / HTTP/1.1\nhost: a\n\n");
+        ends_between(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n");
+        ends_between(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n",
+        );
+        ends_between(b"POST / HTTP/1.1\r\nContent-Length:  0 \r\n\r\n");
+    }
+
+    #[test]
+    fn a_body_that_looks_like_a_head_is_a_body() {
+        let input = b"POST / HTTP/1.1\r\nContent-Length: 18\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let mut framing = Framing::new();
+        let head_end = input.len() - 18;
+        framing.read(&input[..head_end], true);
+        assert_eq!(framing.position(), Position::Body);
+        assert_eq!(framing.read(&input[head_end..], true), None);
+        assert_eq!(framing.position(), Position::Between);
+    }
+
+    #[test]
+    fn upgrades_connect_and_conflicting_lengths_end_the_tracking() {
+        for input in [
+            &b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"[..],
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(positions(input, input.len()), [Position::Lost]);
+        }
+    }
+
+    #[test]
+    fn a_header_goes_after_the_first_line_end_inside_a_head() {
+        let mut framing = Framing::new();
+        assert_eq!(
+            framing.read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /", true),
+            Some(16)
+        );
+        // The second head's first line is not complete yet.
+        let step = framing.read(b"b HTTP/1.1\r\n\r\n", true);
+        assert_eq!(step, Some(12));
+        assert_eq!(framing.position(), Position::Between);
+        // Only a non-empty line: never after the blank line that ends a head.
+        let mut framing = Framing::new();
+        framing.read(b"GET / HTTP/1.1\r\n", false);
+        assert_eq!(framing.read(b"\r\n", true), None);
+    }
+}
