@@ -28,6 +28,9 @@ pub(crate) enum Position {
 #[derive(Debug)]
 pub(crate) struct Framing {
     part: Part,
+    /// Whether a request head has ended: the head being read, if any, is
+    /// not the connection's first.
+    after_first: bool,
 }
 
 #[derive(Debug)]
@@ -155,7 +158,13 @@ impl Framing {
     pub(crate) fn new() -> Self {
         Self {
             part: Part::Head(Head::new()),
+            after_first: false,
         }
+    }
+
+    /// Whether a request head has ended on this connection.
+    pub(crate) fn after_first(&self) -> bool {
+        self.after_first
     }
 
     pub(crate) fn position(&self) -> Position {
@@ -233,6 +242,7 @@ impl Framing {
         }
         if empty {
             self.part = head.next();
+            self.after_first = true;
             return (end + 1, false);
         }
         if !head.line_ended() {

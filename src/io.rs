@@ -141,6 +141,8 @@ pub(crate) struct Requests {
     inner: Arc<Inner>,
     slot: Arc<Slot>,
     stage: Stage,
+    /// What the slot was last told: the HTTP/1 states, or `SERVING`.
+    state: u8,
     /// Bytes read but not yet handed to the server: the part of a read that
     /// made room for [`CONNECTION_CLOSE`], and its unsent rest.
     held: Vec<u8>,
@@ -168,6 +170,7 @@ impl Requests {
             inner: inner.clone(),
             slot,
             stage: Stage::Protocol(0),
+            state: SERVING,
             held: Vec::new(),
         }
     }
@@ -216,17 +219,14 @@ impl Requests {
                     // began the first request.
                     let mut framing = Framing::new();
                     framing.read(&H2_PREFACE[..matched], false);
-                    self.follow(framing, false, Position::Lost, buf, before);
+                    self.follow(framing, false, buf, before);
                 } else if matched + n < H2_PREFACE.len() {
                     self.stage = Stage::Protocol(matched + n);
                 } else {
                     self.inner.first_byte_read();
                 }
             }
-            Stage::Http1 { framing, closing } => {
-                let was = framing.position();
-                self.follow(framing, closing, was, buf, before);
-            }
+            Stage::Http1 { framing, closing } => self.follow(framing, closing, buf, before),
             stage @ Stage::Encrypted => {
                 self.stage = stage;
                 self.end();
@@ -235,15 +235,13 @@ impl Requests {
         }
     }
 
-    /// Follows the HTTP/1 bytes `buf` holds from `before` on with `framing`
-    /// (at `was`, or `Lost` on the first read), adds `Connection: close` to
-    /// a head once the drain has been triggered, and tells the slot where
-    /// the connection stands.
+    /// Follows the HTTP/1 bytes `buf` holds from `before` on with `framing`,
+    /// adds `Connection: close` to a head once the drain has been triggered,
+    /// and tells the slot where the connection stands.
     fn follow(
         &mut self,
         mut framing: Framing,
         closing: bool,
-        was: Position,
         buf: &mut ReadBuf<'_>,
         before: usize,
     ) {
@@ -254,30 +252,31 @@ impl Requests {
         }
         let closing = closing || insert_at.is_some();
         let now = framing.position();
-        if now != was || closing {
-            self.moved(was, now, closing);
-        }
+        self.enter(match (now, closing) {
+            (Position::Head, _) if framing.after_first() => READING_NEXT_HEAD,
+            (Position::Head, _) => READING_HEAD,
+            (_, true) => RETIRING,
+            (Position::Between, false) => BETWEEN,
+            _ => SERVING,
+        });
         self.stage = match (closing, now) {
             (_, Position::Lost) | (true, Position::Between | Position::Body) => Stage::Done,
             _ => Stage::Http1 { framing, closing },
         };
     }
 
-    /// The connection moved from `was` to `now`.
-    fn moved(&self, was: Position, now: Position, closing: bool) {
-        if now == Position::Head {
-            if was != Position::Head {
-                self.inner.head_started(&self.slot);
-            }
+    /// Tells the slot that the connection is now in `state`, if it was not.
+    fn enter(&mut self, state: u8) {
+        let was = std::mem::replace(&mut self.state, state);
+        if state == was {
             return;
         }
-        let to = match (closing, now) {
-            (true, _) => RETIRING,
-            (false, Position::Between) => BETWEEN,
-            (false, _) => SERVING,
-        };
-        self.slot.moved(to);
-        if matches!(was, Position::Head | Position::Between) && self.inner.is_triggered() {
+        if matches!(state, READING_HEAD | READING_NEXT_HEAD) {
+            self.inner.head_started(&self.slot, state);
+        } else {
+            self.slot.moved(state);
+        }
+        if matches!(was, READING_NEXT_HEAD | BETWEEN) && self.inner.is_triggered() {
             self.inner.hold_released();
         }
     }
@@ -308,7 +307,7 @@ impl Requests {
                 self.inner.first_byte_read();
             }
             Stage::Protocol(_) => self.inner.first_byte_read(),
-            Stage::Http1 { framing, .. } => self.moved(framing.position(), Position::Lost, false),
+            Stage::Http1 { .. } => self.enter(SERVING),
             Stage::Done => {}
         }
     }
@@ -329,7 +328,8 @@ impl Drop for Requests {
 pub(crate) struct Slot {
     /// The task last blocked on the connection, woken when it is closed.
     waker: AtomicWaker,
-    /// `SILENT`, `SERVING`, `READING_HEAD`, `BETWEEN`, `RETIRING`, or one
+    /// `SILENT`, `SERVING`, `READING_HEAD`, `READING_NEXT_HEAD`, `BETWEEN`,
+    /// `RETIRING`, or one
     /// of the closed states, which are final. Transitions are
     /// compare-exchanges, so a connection whose head completes as the drain
     /// closes it is either closed or serving, and counted once. The waker
@@ -346,17 +346,21 @@ pub(crate) struct Slot {
 const SILENT: u8 = 0;
 /// Serving, or past what the framing can follow.
 const SERVING: u8 = 1;
-/// An HTTP/1 connection reading a request head.
+/// An HTTP/1 connection reading its first request head.
 pub(crate) const READING_HEAD: u8 = 2;
+/// An HTTP/1 connection reading a later request head: unlike the first,
+/// hyper drops it unanswered if its graceful shutdown starts before the
+/// head is whole.
+pub(crate) const READING_NEXT_HEAD: u8 = 3;
 /// An HTTP/1 connection that has read whole requests only: between two
 /// requests as far as its client is concerned, once its response is out.
-pub(crate) const BETWEEN: u8 = 3;
+pub(crate) const BETWEEN: u8 = 4;
 /// An HTTP/1 connection whose current request carries `Connection: close`:
 /// the server closes it after that response.
-pub(crate) const RETIRING: u8 = 4;
-const FORCED: u8 = 5;
-const HEAD_CUT_OFF: u8 = 6;
-const SILENCE_CUT_OFF: u8 = 7;
+pub(crate) const RETIRING: u8 = 5;
+const FORCED: u8 = 6;
+const HEAD_CUT_OFF: u8 = 7;
+const SILENCE_CUT_OFF: u8 = 8;
 
 impl Slot {
     pub(crate) fn new() -> Self {
@@ -386,7 +390,7 @@ impl Slot {
     /// Closes the connection if it is still reading a request head, and
     /// says whether it did.
     pub(crate) fn cut_off_head(&self) -> bool {
-        self.cut_off(READING_HEAD, HEAD_CUT_OFF)
+        self.cut_off(READING_HEAD, HEAD_CUT_OFF) || self.cut_off(READING_NEXT_HEAD, HEAD_CUT_OFF)
     }
 
     /// Closes the connection if it is a TLS connection that has not
@@ -403,17 +407,22 @@ impl Slot {
         cut
     }
 
-    /// Marks a request head as started; false if the connection is
-    /// already closed.
-    pub(crate) fn start_head(&self) -> bool {
-        self.transition(SERVING, READING_HEAD) || self.transition(BETWEEN, READING_HEAD)
+    /// Marks a request head as started (`to` is `READING_HEAD` or
+    /// `READING_NEXT_HEAD`); false if the connection is already closed.
+    pub(crate) fn start_head(&self, to: u8) -> bool {
+        // SeqCst: see `transition`.
+        self.state
+            .fetch_update(SeqCst, SeqCst, |state| {
+                matches!(state, SERVING..=BETWEEN).then_some(to)
+            })
+            .is_ok()
     }
 
     /// Moves an open HTTP/1 connection to `to`; a closed one stays closed.
     fn moved(&self, to: u8) {
         // SeqCst: see `transition`.
         let _ = self.state.fetch_update(SeqCst, SeqCst, |state| {
-            matches!(state, SERVING | READING_HEAD | BETWEEN | RETIRING).then_some(to)
+            matches!(state, SERVING..=RETIRING).then_some(to)
         });
     }
 

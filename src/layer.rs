@@ -6,14 +6,15 @@
 //!
 //! A server that accepts through [`GracefulAccept`](crate::GracefulAccept)
 //! needs no per-request layer: the drain waits for every connection it
-//! tracks, so in-flight requests and streaming responses keep it open, and at
-//! the shutdown signal hyper itself marks the last responses
-//! `Connection: close`. Add `DrainLayer` when you want one of:
+//! tracks, so in-flight requests and streaming responses keep it open, and
+//! from the trigger on each HTTP/1 connection's next request head gets
+//! `Connection: close`, so hyper answers with it and retires the connection
+//! (see [`keep_alive_idle`](crate::WatchBuilder::keep_alive_idle)). Add
+//! `DrainLayer` when you want one of:
 //!
-//! - `Connection: close` on HTTP/1 responses between the trigger and the
-//!   shutdown signal, which matters with a
-//!   [`lame_duck`](crate::WatchBuilder::lame_duck) period: keep-alive clients
-//!   then reconnect through the load balancer while the server still serves.
+//! - `Connection: close` from the trigger on for connections that
+//!   `GracefulAccept` does not see, or on responses to requests read before
+//!   the trigger.
 //! - Request counts: [`Watch::requests`] (requests in flight through a
 //!   `DrainLayer`, counted from `call` until the response body ends or is
 //!   dropped) and the report's `requests_completed` and `requests_aborted`.

@@ -34,18 +34,22 @@
 //!
 //! The drain runs in this order once the [`Watch`] is triggered:
 //!
-//! 1. [`Readiness`] answers 503 and [`DrainLayer`], if used, marks HTTP/1 responses
-//!    `Connection: close`. With a [`lame_duck`](WatchBuilder::lame_duck)
+//! 1. [`Readiness`] answers 503, and every HTTP/1 keep-alive connection is
+//!    told `Connection: close` on its next response ([`GracefulAccept`] adds
+//!    `Connection: close` to its next request head), so it retires without a
+//!    race. With a [`lame_duck`](WatchBuilder::lame_duck)
 //!    period the server goes on serving until it ends, so that load
 //!    balancers stop routing here before the listeners close.
 //! 2. Each [`GracefulAccept`] stops waiting for new connections, accepts
 //!    everything already queued in the kernel (bounded in count and time) and
 //!    hands it to the server, then closes its socket: later clients are
 //!    refused, which they can safely retry.
-//! 3. [`Watch::shutdown_signal`] resolves once the listeners are closed and
+//! 3. [`Watch::shutdown_signal`] resolves once the listeners are closed,
 //!    every connection has read its first byte (or stayed silent for the
-//!    first-byte grace): axum stops, and hyper finishes in-flight requests and
-//!    closes idle connections.
+//!    first-byte grace), no HTTP/1 request head is half read, and every
+//!    keep-alive connection between requests has been idle for
+//!    [`keep_alive_idle`](WatchBuilder::keep_alive_idle): axum stops, and
+//!    hyper finishes in-flight requests and closes idle connections.
 //! 4. [`Watch::drained`] resolves with a [`DrainReport`] when the last
 //!    connection and request are gone.
 //! 5. At the deadline ([`WatchBuilder::grace`]) or on a second trigger, every
@@ -63,7 +67,8 @@
 //! - [`GracefulAccept`] drains any [`DrainableListener`] and wraps each
 //!   connection in a [`TrackedIo`]; `TlsAccept` and `TlsIo` (feature
 //!   `rustls`) do the same over TLS.
-//! - [`DrainLayer`] counts requests and marks responses `Connection: close`;
+//! - [`DrainLayer`] counts requests and marks responses `Connection: close`
+//!   (for connections not accepted through [`GracefulAccept`]);
 //!   its service, future and body are in [`layer`], and the axum hook-up in
 //!   [`axum`](mod@axum).
 //! - [`DrainReport`] says what the drain did, [`ForceCause`] why it was

@@ -27,7 +27,7 @@ use tokio::{
 
 use crate::{
     future::{Drained, Draining, ListenersClosed, ShutdownSignal},
-    io::{Slot, BETWEEN, READING_HEAD, RETIRING},
+    io::{Slot, BETWEEN, READING_NEXT_HEAD, RETIRING},
     observer::Observer,
     report::{DrainReport, ForceCause},
 };
@@ -637,7 +637,7 @@ impl Inner {
         let mut last_active = None;
         for (_, slot) in self.lock_connections().iter() {
             match slot.state() {
-                READING_HEAD => return Some(window_end),
+                READING_NEXT_HEAD => return Some(window_end),
                 BETWEEN => last_active = last_active.max(Some(slot.last_active())),
                 _ => {}
             }
@@ -979,12 +979,12 @@ impl Inner {
     }
 
     /// `slot`'s connection started a request head (HTTP/1).
-    pub(crate) fn head_started(&self, slot: &Slot) {
+    pub(crate) fn head_started(&self, slot: &Slot, state: u8) {
         // The store in `start_head` and this load pair with the sweep's
         // store of `heads_expired` and its compare-exchange on every slot
         // (all SeqCst): a head that starts during the sweep is cut off by one
         // of the two, and counted once.
-        if slot.start_head() && self.heads_expired.load(SeqCst) && slot.cut_off_head() {
+        if slot.start_head(state) && self.heads_expired.load(SeqCst) && slot.cut_off_head() {
             self.heads_cut_off.fetch_add(1, SeqCst);
         }
     }
@@ -1010,7 +1010,7 @@ impl Inner {
         connections.remove(key);
         let last = connections.is_empty();
         drop(connections);
-        if matches!(state, BETWEEN | READING_HEAD) && self.is_triggered() {
+        if matches!(state, BETWEEN | READING_NEXT_HEAD) && self.is_triggered() {
             self.hold_released();
         }
         if last && self.is_draining() {

@@ -235,8 +235,9 @@ where
             .with_graceful_shutdown(watch.shutdown_signal())
             .await
     } else {
-        // Through the lame duck period, `DrainLayer` marks HTTP/1 responses
-        // `Connection: close`, so keep-alive clients reconnect elsewhere.
+        // `GracefulAccept` marks keep-alive connections `Connection: close`
+        // from the trigger on; `DrainLayer` adds request counts to the
+        // report, for the lame duck period's requests.
         let app = DrainLayer::new(watch.clone()).around_router(app);
         axum::serve(listener, app)
             .with_graceful_shutdown(watch.shutdown_signal())
