@@ -53,9 +53,12 @@ struct Head {
     read: u64,
     /// Whether the line being read is the request line.
     request_line: bool,
-    /// The start of the line being read, and how long the line is so far.
+    /// The start of the line being read, if it may matter (the request
+    /// line, or a header whose name starts as the ones looked for do), and
+    /// how long the line is so far.
     line: [u8; KEEP],
     line_len: usize,
+    keep_line: bool,
     length: Option<u64>,
     chunked: bool,
     upgrade: bool,
@@ -68,6 +71,7 @@ impl Head {
             request_line: true,
             line: [0; KEEP],
             line_len: 0,
+            keep_line: true,
             length: None,
             chunked: false,
             upgrade: false,
@@ -79,6 +83,9 @@ impl Head {
     fn line_ended(&mut self) -> bool {
         let len = self.line_len;
         self.line_len = 0;
+        if !std::mem::replace(&mut self.keep_line, false) {
+            return true;
+        }
         let kept = &self.line[..len.min(KEEP)];
         if std::mem::take(&mut self.request_line) {
             self.upgrade |= kept.starts_with(b"CONNECT ");
@@ -224,9 +231,19 @@ impl Framing {
         };
         let end = bytes.iter().position(|&b| b == b'\n');
         let line = &bytes[..end.unwrap_or(bytes.len())];
-        let keep = KEEP.saturating_sub(head.line_len).min(line.len());
-        let at = head.line_len.min(KEEP);
-        head.line[at..at + keep].copy_from_slice(&line[..keep]);
+        if head.line_len == 0 && !head.request_line {
+            // Only `Content-Length`, `Transfer-Encoding`, `Upgrade` and the
+            // blank line matter.
+            head.keep_line = matches!(
+                line.first(),
+                Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U' | b'\r')
+            );
+        }
+        if head.keep_line {
+            let keep = KEEP.saturating_sub(head.line_len).min(line.len());
+            let at = head.line_len.min(KEEP);
+            head.line[at..at + keep].copy_from_slice(&line[..keep]);
+        }
         head.line_len += line.len();
         head.read += line.len() as u64;
         let Some(end) = end else {

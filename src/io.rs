@@ -209,8 +209,9 @@ impl Requests {
             self.end();
             return;
         }
-        match std::mem::replace(&mut self.stage, Stage::Done) {
+        match &mut self.stage {
             Stage::Protocol(matched) => {
+                let matched = *matched;
                 let expected = &H2_PREFACE[matched..];
                 let n = bytes.len().min(expected.len());
                 if bytes[..n] != expected[..n] {
@@ -219,50 +220,51 @@ impl Requests {
                     // began the first request.
                     let mut framing = Framing::new();
                     framing.read(&H2_PREFACE[..matched], false);
-                    self.follow(framing, false, buf, before);
+                    self.stage = Stage::Http1 {
+                        framing,
+                        closing: false,
+                    };
+                    self.follow(buf, before);
                 } else if matched + n < H2_PREFACE.len() {
                     self.stage = Stage::Protocol(matched + n);
                 } else {
+                    self.stage = Stage::Done;
                     self.inner.first_byte_read();
                 }
             }
-            Stage::Http1 { framing, closing } => self.follow(framing, closing, buf, before),
-            stage @ Stage::Encrypted => {
-                self.stage = stage;
-                self.end();
-            }
+            Stage::Http1 { .. } => self.follow(buf, before),
+            Stage::Encrypted => self.end(),
             Stage::Done => {}
         }
     }
 
-    /// Follows the HTTP/1 bytes `buf` holds from `before` on with `framing`,
-    /// adds `Connection: close` to a head once the drain has been triggered,
-    /// and tells the slot where the connection stands.
-    fn follow(
-        &mut self,
-        mut framing: Framing,
-        closing: bool,
-        buf: &mut ReadBuf<'_>,
-        before: usize,
-    ) {
-        let insert = !closing && self.inner.is_triggered();
+    /// Follows the HTTP/1 bytes `buf` holds from `before` on, adds
+    /// `Connection: close` to a head once the drain has been triggered, and
+    /// tells the slot where the connection stands.
+    fn follow(&mut self, buf: &mut ReadBuf<'_>, before: usize) {
+        let Stage::Http1 { framing, closing } = &mut self.stage else {
+            unreachable!("following HTTP/1");
+        };
+        let insert = !*closing && self.inner.is_triggered();
         let insert_at = framing.read(&buf.filled()[before..], insert);
+        *closing |= insert_at.is_some();
+        let (now, after_first, closing) = (framing.position(), framing.after_first(), *closing);
         if let Some(at) = insert_at {
             self.insert_connection_close(buf, before + at);
         }
-        let closing = closing || insert_at.is_some();
-        let now = framing.position();
         self.enter(match (now, closing) {
-            (Position::Head, _) if framing.after_first() => READING_NEXT_HEAD,
+            (Position::Head, _) if after_first => READING_NEXT_HEAD,
             (Position::Head, _) => READING_HEAD,
             (_, true) => RETIRING,
             (Position::Between, false) => BETWEEN,
             _ => SERVING,
         });
-        self.stage = match (closing, now) {
-            (_, Position::Lost) | (true, Position::Between | Position::Body) => Stage::Done,
-            _ => Stage::Http1 { framing, closing },
-        };
+        if matches!(
+            (closing, now),
+            (_, Position::Lost) | (true, Position::Between | Position::Body)
+        ) {
+            self.stage = Stage::Done;
+        }
     }
 
     /// Tells the slot that the connection is now in `state`, if it was not.
@@ -299,7 +301,7 @@ impl Requests {
         self.held.drain(..n);
     }
 
-    /// Stops tracking: the connection is past its first head, or gone.
+    /// Stops tracking: the connection ended or failed, or is being dropped.
     fn end(&mut self) {
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Encrypted => {
