@@ -145,11 +145,12 @@ struct Open<L> {
 
 struct Registration {
     watch: Watch,
+    key: usize,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.watch.inner.listener_closed();
+        self.watch.inner.listener_closed(self.key);
     }
 }
 
@@ -179,10 +180,10 @@ impl<L: DrainableListener> GracefulAccept<L> {
 
     /// Wraps `listener`, whose standing across processes is `shared`.
     pub(crate) fn with_shared(listener: L, watch: Watch, shared: Arc<SharedSocket>) -> Self {
-        watch.inner.listener_opened();
         let open = Open {
             listener,
             _registration: Registration {
+                key: watch.inner.listener_opened(shared.clone()),
                 watch: watch.clone(),
             },
         };

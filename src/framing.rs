@@ -49,80 +49,182 @@ const KEEP: usize = 48;
 
 #[derive(Debug)]
 struct Head {
-    /// Bytes of this head read so far.
-    read: u64,
     /// Whether the line being read is the request line.
     request_line: bool,
-    /// The start of the line being read, if it may matter (the request
-    /// line, or a header whose name starts as the ones looked for do), and
-    /// how long the line is so far.
-    line: [u8; KEEP],
+    /// How long the line being read is so far, and its first byte.
     line_len: usize,
+    first: u8,
+    /// Whether the line may matter (`CONNECT`, or a header named as the
+    /// ones looked for start), and then its start.
     keep_line: bool,
+    line: [u8; KEEP],
     length: Option<u64>,
     chunked: bool,
     upgrade: bool,
 }
 
+/// How a head's line ended.
+enum LineEnd {
+    /// An empty line before the request line, which does not count (RFC
+    /// 9112 §2.2).
+    Skipped,
+    /// A line of the head: a header line may follow it.
+    Line,
+    /// The blank line that ends the head.
+    Blank,
+    /// A line that cannot be followed (conflicting lengths).
+    Lost,
+}
+
+/// What reading head bytes came to.
+enum HeadEnd {
+    /// The head ended; the bytes after it belong to what follows.
+    Ended,
+    Lost,
+}
+
 impl Head {
     fn new() -> Self {
         Self {
-            read: 0,
             request_line: true,
-            line: [0; KEEP],
             line_len: 0,
-            keep_line: true,
+            first: 0,
+            keep_line: false,
+            line: [0; KEEP],
             length: None,
             chunked: false,
             upgrade: false,
         }
     }
 
-    /// Takes in one whole line (without its `\n`); `false` if the head
-    /// cannot be followed.
-    fn line_ended(&mut self) -> bool {
-        let len = self.line_len;
+    /// Ready for the next request's head, reusing the line buffer.
+    fn reset(&mut self) {
+        self.request_line = true;
         self.line_len = 0;
-        if !std::mem::replace(&mut self.keep_line, false) {
-            return true;
+        self.length = None;
+        self.chunked = false;
+        self.upgrade = false;
+    }
+
+    /// Whether nothing of this head has been read yet.
+    fn is_unstarted(&self) -> bool {
+        self.request_line && self.line_len == 0
+    }
+
+    /// Takes head bytes until the head ends or the bytes do. Returns how
+    /// many it took, where (with `insert`) a header line may go: after the
+    /// first line end that is not the head's last, and how it ended.
+    fn read(&mut self, bytes: &[u8], insert: bool) -> (usize, Option<usize>, Option<HeadEnd>) {
+        let mut start = 0;
+        let mut insert_at = None;
+        for end in memchr::memchr_iter(b'\n', bytes) {
+            let line = &bytes[start..end];
+            start = end + 1;
+            let ended = if self.line_len == 0 && line.len() > 1 && !self.may_matter(line[0]) {
+                // The common case, a whole line that does not matter.
+                self.request_line = false;
+                LineEnd::Line
+            } else {
+                self.take(line);
+                self.line_ended()
+            };
+            match ended {
+                LineEnd::Skipped => {}
+                LineEnd::Line => {
+                    if insert && insert_at.is_none() {
+                        insert_at = Some(start);
+                    }
+                }
+                LineEnd::Blank => return (start, insert_at, Some(HeadEnd::Ended)),
+                LineEnd::Lost => return (start, None, Some(HeadEnd::Lost)),
+            }
         }
+        self.take(&bytes[start..]);
+        (bytes.len(), insert_at, None)
+    }
+
+    /// Takes part of a line (without its `\n`).
+    #[inline]
+    fn take(&mut self, part: &[u8]) {
+        let Some(&first) = part.first() else {
+            return;
+        };
+        if self.line_len == 0 {
+            self.first = first;
+            self.keep_line = self.may_matter(first);
+        }
+        if self.keep_line && self.line_len < KEEP {
+            let keep = (KEEP - self.line_len).min(part.len());
+            self.line[self.line_len..self.line_len + keep].copy_from_slice(&part[..keep]);
+        }
+        self.line_len += part.len();
+    }
+
+    /// Whether a line starting with `first` may matter: a `CONNECT`
+    /// request line, or a header named as the ones looked for start.
+    #[inline]
+    fn may_matter(&self, first: u8) -> bool {
+        if self.request_line {
+            first == b'C'
+        } else {
+            matches!(first, b'c' | b'C' | b't' | b'T' | b'u' | b'U')
+        }
+    }
+
+    /// The line being read ended.
+    fn line_ended(&mut self) -> LineEnd {
+        let len = std::mem::take(&mut self.line_len);
+        let blank = len == 0 || len == 1 && self.first == b'\r';
+        if !self.keep_line || blank {
+            return match (blank, std::mem::take(&mut self.request_line)) {
+                (true, true) => {
+                    self.request_line = true;
+                    LineEnd::Skipped
+                }
+                (true, false) => LineEnd::Blank,
+                (false, _) => LineEnd::Line,
+            };
+        }
+        self.keep_line = false;
         let kept = &self.line[..len.min(KEEP)];
         if std::mem::take(&mut self.request_line) {
             self.upgrade |= kept.starts_with(b"CONNECT ");
-            return true;
+            return LineEnd::Line;
         }
         let Some(colon) = kept.iter().position(|&b| b == b':') else {
-            // A name longer than any looked for, or no header at all (which
-            // the server rejects).
-            return true;
+            // A name longer than any looked for.
+            return LineEnd::Line;
         };
         let name = &kept[..colon];
         let value = trim(&kept[colon + 1..]);
         if name.eq_ignore_ascii_case(b"content-length") {
-            if len > KEEP {
-                return false;
-            }
-            match (parse_length(value), self.length) {
+            let length = parse_length(value).filter(|_| len <= KEEP);
+            match (length, self.length) {
                 (Some(new), None) => self.length = Some(new),
                 (Some(new), Some(old)) if new == old => {}
-                _ => return false,
+                _ => return LineEnd::Lost,
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             self.chunked = true;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             self.upgrade = true;
         }
-        true
+        LineEnd::Line
     }
 
-    /// What follows the blank line.
-    fn next(&self) -> Part {
-        match (self.upgrade, self.chunked, self.length) {
+    /// What follows the blank line: `None` for the next request's head,
+    /// which this head becomes.
+    fn next(&mut self) -> Option<Part> {
+        let next = match (self.upgrade, self.chunked, self.length) {
             (true, ..) | (false, true, Some(_)) => Part::Lost,
             (false, true, None) => Part::Chunked(Chunk::Size(0)),
             (false, false, Some(length)) if length > 0 => Part::Body(length),
-            _ => Part::Head(Head::new()),
-        }
+            _ => {
+                self.reset();
+                return None;
+            }
+        };
+        Some(next)
     }
 }
 
@@ -176,7 +278,7 @@ impl Framing {
 
     pub(crate) fn position(&self) -> Position {
         match &self.part {
-            Part::Head(head) if head.read == 0 => Position::Between,
+            Part::Head(head) if head.is_unstarted() => Position::Between,
             Part::Head(_) => Position::Head,
             Part::Body(_) | Part::Chunked(_) => Position::Body,
             Part::Lost => Position::Lost,
@@ -188,14 +290,22 @@ impl Framing {
     /// the first line end inside a head that is not the head's last.
     pub(crate) fn read(&mut self, mut bytes: &[u8], insert: bool) -> Option<usize> {
         let mut insert_at = None;
-        let total = bytes.len();
+        let mut offset = 0;
         while !bytes.is_empty() {
             let taken = match &mut self.part {
-                Part::Lost => return insert_at,
-                Part::Head(_) => {
-                    let (taken, line_end) = self.head(bytes);
-                    if insert && insert_at.is_none() && line_end {
-                        insert_at = Some(total - bytes.len() + taken);
+                Part::Lost => break,
+                Part::Head(head) => {
+                    let (taken, at, end) = head.read(bytes, insert && insert_at.is_none());
+                    insert_at = insert_at.or(at.map(|at| offset + at));
+                    match end {
+                        Some(HeadEnd::Ended) => {
+                            self.after_first = true;
+                            if let Some(next) = head.next() {
+                                self.part = next;
+                            }
+                        }
+                        Some(HeadEnd::Lost) => self.part = Part::Lost,
+                        None => {}
                     }
                     taken
                 }
@@ -217,56 +327,10 @@ impl Framing {
                     taken
                 }
             };
+            offset += taken;
             bytes = &bytes[taken..];
         }
         insert_at
-    }
-
-    /// Reads head bytes up to and including the next line end. Returns how
-    /// many it took, and whether they ended a non-empty line (after which a
-    /// header line may be inserted).
-    fn head(&mut self, bytes: &[u8]) -> (usize, bool) {
-        let Part::Head(head) = &mut self.part else {
-            unreachable!("called inside a head");
-        };
-        let end = bytes.iter().position(|&b| b == b'\n');
-        let line = &bytes[..end.unwrap_or(bytes.len())];
-        if head.line_len == 0 && !head.request_line {
-            // Only `Content-Length`, `Transfer-Encoding`, `Upgrade` and the
-            // blank line matter.
-            head.keep_line = matches!(
-                line.first(),
-                Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U' | b'\r')
-            );
-        }
-        if head.keep_line {
-            let keep = KEEP.saturating_sub(head.line_len).min(line.len());
-            let at = head.line_len.min(KEEP);
-            head.line[at..at + keep].copy_from_slice(&line[..keep]);
-        }
-        head.line_len += line.len();
-        head.read += line.len() as u64;
-        let Some(end) = end else {
-            return (bytes.len(), false);
-        };
-        head.read += 1;
-        let empty = head.line_len == 0 || head.line_len == 1 && head.line[0] == b'\r';
-        if head.request_line && empty {
-            // Empty lines before a request line are ignored (RFC 9112 §2.2).
-            head.line_len = 0;
-            head.read = 0;
-            return (end + 1, false);
-        }
-        if empty {
-            self.part = head.next();
-            self.after_first = true;
-            return (end + 1, false);
-        }
-        if !head.line_ended() {
-            self.part = Part::Lost;
-            return (end + 1, false);
-        }
-        (end + 1, true)
     }
 }
 

@@ -71,8 +71,8 @@
 //!   (for connections not accepted through [`GracefulAccept`]);
 //!   its service, future and body are in [`layer`], and the axum hook-up in
 //!   [`axum`](mod@axum).
-//! - [`DrainReport`] says what the drain did, [`ForceCause`] why it was
-//!   forced.
+//! - [`DrainReport`] says what the drain did, [`DrainKind`] whether it was a
+//!   restart, [`ForceCause`] why it was forced.
 //! - [`restart`] keeps sockets open across a restart.
 //!
 //! # Restarts
@@ -133,7 +133,7 @@ pub use crate::layer::DrainLayer;
 pub use crate::listener::DrainableListener;
 pub use crate::observer::Observer;
 pub use crate::readiness::Readiness;
-pub use crate::report::{DrainReport, ForceCause};
+pub use crate::report::{DrainKind, DrainReport, ForceCause};
 pub use crate::stream::EndOnDrain;
 #[cfg(feature = "rustls")]
 pub use crate::tls::{TlsAccept, TlsIo};

@@ -44,7 +44,8 @@ impl Readiness {
     }
 
     fn response(&self) -> Response<Full<Bytes>> {
-        let Some(left) = self.observer.until_deadline() else {
+        let left = self.observer.until_deadline();
+        let (Some(left), false) = (left, self.observer.is_ready()) else {
             return Response::new(Full::from("ready\n"));
         };
         let mut response = Response::new(Full::from("draining\n"));

@@ -24,6 +24,9 @@ use std::{fmt, time::Duration};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DrainReport {
+    /// Whether the service lived on in another process (a restart) or
+    /// stopped here (a shutdown).
+    pub kind: DrainKind,
     /// Connections accepted from the kernel's accept queues after the trigger,
     /// which closing the listeners straight away would have reset.
     pub accepted_from_queue: usize,
@@ -85,6 +88,30 @@ impl DrainReport {
     }
 }
 
+/// What a drain was for, decided at the trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DrainKind {
+    /// The service stops here: readiness fails from the trigger on, and a
+    /// [`lame_duck`](crate::WatchBuilder::lame_duck) period runs first.
+    Shutdown,
+    /// The service lives on in another process: every listener was held by
+    /// another process at the trigger (handed to a successor, or held by the
+    /// service manager). Readiness stays healthy and the lame duck period is
+    /// skipped: another process answers on the same sockets, so taking this
+    /// one out of rotation would take the whole service out.
+    Restart,
+}
+
+impl fmt::Display for DrainKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DrainKind::Shutdown => "shutdown",
+            DrainKind::Restart => "restart",
+        })
+    }
+}
+
 /// Why a drain was forced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -111,7 +138,8 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} keep-alive connections retired by a response, {} closed between requests, {} connections forced",
+            "{} drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} keep-alive connections retired by a response, {} closed between requests, {} connections forced",
+            self.kind,
             self.total(),
             self.closing_listeners,
             self.closing_connections,

@@ -29,7 +29,8 @@ use crate::{
     future::{Drained, Draining, ListenersClosed, ShutdownSignal},
     io::{Slot, BETWEEN, READING_NEXT_HEAD, RETIRING},
     observer::Observer,
-    report::{DrainReport, ForceCause},
+    report::{DrainKind, DrainReport, ForceCause},
+    shared::SharedSocket,
 };
 
 /// Default [`WatchBuilder::grace`]: how long the drain may take before it is forced.
@@ -134,7 +135,9 @@ impl WatchBuilder {
     /// `Connection: close` so that keep-alive clients reconnect through the
     /// load balancer. Then the drain runs as usual. The
     /// [`grace`](WatchBuilder::grace) still counts from the trigger and must
-    /// be longer; a second trigger during the period forces.
+    /// be longer; a second trigger during the period forces. A restart
+    /// ([`DrainKind::Restart`](crate::DrainKind::Restart)) skips the period:
+    /// another process serves the same sockets.
     pub fn lame_duck(mut self, period: Duration) -> Self {
         self.lame_duck = period;
         self
@@ -325,7 +328,13 @@ impl Watch {
     /// one the `Watch` was created on. Calls after the drain ended do nothing.
     pub fn trigger(&self) {
         let runtime = self.inner.runtime();
-        let first = if self.inner.config.lame_duck.is_zero() || runtime.is_none() {
+        // Decided before the phase moves, so that no readiness check sees
+        // the drain without its kind.
+        let restart = self.inner.phase() == Phase::Running && self.inner.lives_on();
+        if restart {
+            self.inner.restart.store(true, SeqCst);
+        }
+        let first = if restart || self.inner.config.lame_duck.is_zero() || runtime.is_none() {
             Phase::Draining
         } else {
             Phase::LameDuck
@@ -352,8 +361,9 @@ impl Watch {
         self.inner.phase()
     }
 
-    /// `true` until the trigger: the answer a readiness check wants.
-    /// [`Readiness`](crate::Readiness) serves it.
+    /// `true` until the trigger, and through a restart's drain
+    /// ([`DrainKind::Restart`](crate::DrainKind::Restart)): the answer a
+    /// readiness check wants. [`Readiness`](crate::Readiness) serves it.
     pub fn is_ready(&self) -> bool {
         self.inner.is_ready()
     }
@@ -512,6 +522,10 @@ pub(crate) struct Inner {
     requests_aborted: AtomicUsize,
     /// Every open connection, through which the drain closes it.
     connections: Mutex<Slab<Arc<Slot>>>,
+    /// Every open listener's standing across processes.
+    listener_sockets: Mutex<Slab<Arc<SharedSocket>>>,
+    /// Set at the trigger if every listener was held elsewhere too.
+    restart: AtomicBool,
     /// Set once the request-head grace has run out: a connection that
     /// starts its first request head from then on is closed at once.
     heads_expired: AtomicBool,
@@ -556,6 +570,8 @@ impl Inner {
             requests_completed: AtomicUsize::new(0),
             requests_aborted: AtomicUsize::new(0),
             connections: Mutex::new(Slab::new()),
+            listener_sockets: Mutex::new(Slab::new()),
+            restart: AtomicBool::new(false),
             heads_expired: AtomicBool::new(false),
             heads_cut_off: AtomicUsize::new(0),
             connections_retired: AtomicUsize::new(0),
@@ -579,16 +595,31 @@ impl Inner {
         !matches!(self.phase(), Phase::Running | Phase::LameDuck)
     }
 
-    /// Before the trigger.
+    /// Before the trigger, or draining for a restart.
     #[inline]
     pub(crate) fn is_ready(&self) -> bool {
-        self.phase() == Phase::Running
+        !self.is_triggered() || self.restart.load(SeqCst)
     }
 
     /// Past the trigger: HTTP/1 responses say `Connection: close`.
     #[inline]
     pub(crate) fn is_triggered(&self) -> bool {
-        !self.is_ready()
+        self.phase() != Phase::Running
+    }
+
+    /// Every open listener is held by another process too: the service
+    /// lives on after this one drains.
+    fn lives_on(&self) -> bool {
+        let sockets = self.lock_listener_sockets();
+        !sockets.is_empty() && sockets.iter().all(|(_, shared)| shared.is_elsewhere())
+    }
+
+    fn kind(&self) -> DrainKind {
+        if self.restart.load(SeqCst) {
+            DrainKind::Restart
+        } else {
+            DrainKind::Shutdown
+        }
     }
 
     #[inline]
@@ -758,6 +789,12 @@ impl Inner {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_listener_sockets(&self) -> MutexGuard<'_, Slab<Arc<SharedSocket>>> {
+        self.listener_sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_timeline(&self) -> MutexGuard<'_, Timeline> {
         self.timeline.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -782,6 +819,7 @@ impl Inner {
 
     fn log_drain_started(&self, message: &'static str) {
         tracing::info!(
+            kind = %self.kind(),
             listeners = self.listeners.load(SeqCst),
             connections = self.lock_connections().len(),
             requests = self.requests.load(SeqCst),
@@ -912,6 +950,7 @@ impl Inner {
         let started = timeline.drain_started.or(timeline.triggered).unwrap_or(now);
         let listeners_closed = timeline.listeners_closed.unwrap_or(started);
         DrainReport {
+            kind: self.kind(),
             accepted_from_queue: self.accepted_from_queue.load(SeqCst),
             reset_in_queue: self.reset_in_queue.load(SeqCst),
             heads_cut_off: self.heads_cut_off.load(SeqCst),
@@ -931,8 +970,11 @@ impl Inner {
 
     // ----- what listeners, connections and requests report -----
 
-    pub(crate) fn listener_opened(&self) {
+    /// A listener opened, whose standing across processes is `shared`;
+    /// the key to close it with.
+    pub(crate) fn listener_opened(&self, shared: Arc<SharedSocket>) -> usize {
         self.listeners.fetch_add(1, SeqCst);
+        self.lock_listener_sockets().insert(shared)
     }
 
     /// A listener this process alone held is closing: it accepted
@@ -946,7 +988,8 @@ impl Inner {
         self.listeners_shared.fetch_add(1, SeqCst);
     }
 
-    pub(crate) fn listener_closed(&self) {
+    pub(crate) fn listener_closed(&self, key: usize) {
+        self.lock_listener_sockets().remove(key);
         if self.listeners.fetch_sub(1, SeqCst) == 1 && self.is_draining() {
             let mut timeline = self.lock_timeline();
             let now = Instant::now();

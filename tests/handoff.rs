@@ -157,3 +157,60 @@ fn fake_predecessor(
     assert_eq!(&ready, b"ready\n");
     conn.write_all(b"done\n")
 }
+
+/// A handoff is a restart: the service lives on in the successor, so the
+/// old server's drain skips its lame duck period and its readiness stays
+/// healthy (a health check reaching it through a keep-alive connection must
+/// not take the shared socket out of rotation); the report says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_drain_is_a_restart_that_stays_ready() {
+    use hyper::header::CONNECTION;
+
+    let path = handoff_path("restart-stays-ready");
+    let watch = Watch::builder()
+        .lame_duck(Duration::from_secs(100))
+        .keep_alive_idle(Duration::from_secs(100))
+        .request_head_grace(Duration::from_secs(100))
+        .grace(Duration::from_secs(200))
+        .build()
+        .unwrap();
+    let mut listeners = Listeners::builder()
+        .tcp("http", localhost())
+        .handoff(&path)
+        .open(&watch)
+        .await
+        .unwrap();
+    let server = Server::serve(listeners.tcp("http").unwrap());
+    let (mut sender, conn) = http1_client(server.addr).await;
+    let before = sender.send_request(get_request("/healthz")).await.unwrap();
+    assert_eq!(before.status(), 200);
+
+    let successor = Watch::new();
+    let mut taken = Listeners::builder()
+        .tcp("http", server.addr)
+        .handoff(&path)
+        .open(&successor)
+        .await
+        .unwrap();
+    let next = Server::serve(taken.tcp("http").unwrap());
+    within("the old server to drain", watch.draining()).await;
+    assert!(watch.is_ready());
+
+    let during = sender.send_request(get_request("/healthz")).await.unwrap();
+    assert_eq!(during.status(), 200);
+    assert_eq!(during.headers().get(CONNECTION).unwrap(), "close");
+    within("the old connection to close", conn)
+        .await
+        .unwrap()
+        .unwrap();
+    let report = server.stopped().await;
+    assert_eq!(report.kind, tower_drain::DrainKind::Restart, "{report}");
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        report.to_string().starts_with("restart drained in"),
+        "{report}"
+    );
+    successor.trigger();
+    let report = next.stopped().await;
+    assert_eq!(report.kind, tower_drain::DrainKind::Shutdown, "{report}");
+}

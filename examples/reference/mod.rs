@@ -150,7 +150,8 @@ pub(crate) async fn listen(
 }
 
 /// `GET /` → `hello`; `GET /slow?ms=N` → after N ms; `GET /healthz` → 200
-/// while running, 503 from the trigger on; `GET /events` → server-sent
+/// while running (and through a restart's drain), 503 from the trigger on;
+/// `GET /events` → server-sent
 /// events until the drain; `GET /ws` → WebSocket echo until the drain.
 pub(crate) fn app(watch: &Watch) -> Router {
     Router::new()
