@@ -117,13 +117,15 @@ impl Head {
     fn read(&mut self, bytes: &[u8], insert: bool) -> (usize, Option<usize>, Option<HeadEnd>) {
         let mut start = 0;
         let mut insert_at = None;
-        for end in memchr::memchr_iter(b'\n', bytes) {
+        while let Some(end) = find_line_end(bytes, start) {
             let line = &bytes[start..end];
             start = end + 1;
             let ended = if self.line_len == 0 && line.len() > 1 && !self.may_matter(line[0]) {
                 // The common case, a whole line that does not matter.
                 self.request_line = false;
                 LineEnd::Line
+            } else if self.line_len == 0 && !self.request_line && matches!(line, b"" | b"\r") {
+                LineEnd::Blank
             } else {
                 self.take(line);
                 self.line_ended()
@@ -226,6 +228,28 @@ impl Head {
         };
         Some(next)
     }
+}
+
+/// The position of the first `\n` in `bytes` at or after `from`, found
+/// eight bytes at a time: a head's lines are short, and a search routine's
+/// set-up would cost more than the search.
+#[inline]
+fn find_line_end(bytes: &[u8], from: usize) -> Option<usize> {
+    const LOW: u64 = u64::from_ne_bytes([0x7f; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut at = from;
+    while let Some(word) = bytes.get(at..at + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("eight bytes")) ^ NEWLINES;
+        // The high bit of every byte of `x` that is zero, exactly: adding
+        // 0x7f to a byte's low seven bits never carries into the next.
+        let zero = !((x & LOW).wrapping_add(LOW) | x | LOW);
+        if zero != 0 {
+            return Some(at + zero.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let rest = bytes.get(at..)?;
+    rest.iter().position(|&b| b == b'\n').map(|i| at + i)
 }
 
 fn trim(mut bytes: &[u8]) -> &[u8] {
@@ -409,6 +433,21 @@ mod tests {
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n",
         );
         ends_between(b"POST / HTTP/1.1\r\nContent-Length:  0 \r\n\r\n");
+    }
+
+    #[test]
+    fn line_ends_are_found_wherever_they_are() {
+        let text = b"GET /a-longer-path?q=1 HTTP/1.1\r\nHost: example\r\nx\n\n\r\n\xff\x8a\n";
+        for from in 0..=text.len() {
+            for end in from..=text.len() {
+                let bytes = &text[..end];
+                let expected = bytes[from..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map(|i| from + i);
+                assert_eq!(find_line_end(bytes, from), expected, "{from}..{end}");
+            }
+        }
     }
 
     #[test]

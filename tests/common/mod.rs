@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod generations;
 pub mod load;
 pub mod process;
 
