@@ -291,3 +291,41 @@ async fn bad_clients_fail_cleanly() {
     watch.trigger();
     assert_eq!(server.stopped().await.forced, None);
 }
+
+/// A keep-alive connection over TLS is retired like one in the clear: its
+/// next request after the trigger has `Connection: close` added to the
+/// decrypted head, so the response says it and the server closes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connection_is_retired_by_its_next_response() {
+    use hyper::header::CONNECTION;
+    use hyper_util::rt::TokioIo;
+
+    let tls = Tls::new();
+    let watch = Watch::builder()
+        .keep_alive_idle(Duration::from_secs(100))
+        .request_head_grace(Duration::from_secs(100))
+        .grace(Duration::from_secs(200))
+        .build()
+        .unwrap();
+    let server = tls.start(&watch, Duration::from_secs(30));
+    let connector = tls.connector(&[b"http/1.1"]);
+    let stream = handshake(&connector, TcpStream::connect(server.addr).await.unwrap()).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let first = sender.send_request(get_request("/")).await.unwrap();
+    assert!(first.headers().get(CONNECTION).is_none());
+
+    watch.trigger();
+    within("listeners to close", watch.listeners_closed()).await;
+    let second = sender.send_request(get_request("/")).await.unwrap();
+    assert_eq!(second.headers().get(CONNECTION).unwrap(), "close");
+    within("the retired connection to close", conn)
+        .await
+        .unwrap()
+        .unwrap();
+    let report = server.stopped().await;
+    assert_eq!(report.connections_retired, 1, "{report}");
+    assert!(report.is_clean(), "{report}");
+}
