@@ -85,10 +85,17 @@ impl Kind {
         }
     }
 
-    /// The config file's text: listening on `addr`, proxying to `backend`,
+    /// The config file's text: listening on `addr`, proxying to `backends`,
     /// with every path nginx writes to in `dir`.
-    fn config(self, dir: &Path, addr: SocketAddr, backend: SocketAddr) -> String {
+    fn config(self, dir: &Path, addr: SocketAddr, backends: &[SocketAddr]) -> String {
         let d = dir.display();
+        let servers = |line: &dyn Fn(usize, SocketAddr) -> String| {
+            backends
+                .iter()
+                .enumerate()
+                .map(|(i, &backend)| line(i, backend))
+                .collect::<String>()
+        };
         match self {
             Kind::Nginx => format!(
                 "worker_processes 1;
@@ -102,7 +109,7 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    upstream backend {{ server {backend}; keepalive 32; }}
+    upstream backend {{ {}keepalive 32; }}
     server {{
         listen {addr};
         # Clients reconnect every 100 requests: nginx closes their connection.
@@ -115,7 +122,8 @@ http {{
         }}
     }}
 }}
-"
+",
+                servers(&|_, backend| format!("server {backend}; "))
             ),
             Kind::HAProxy => format!(
                 "defaults
@@ -132,8 +140,10 @@ frontend front
     bind {addr}
     default_backend back
 backend back
-    server reference {backend} check inter 100ms fall 2 rise 1
-"
+{}",
+                servers(&|i, backend| format!(
+                    "    server reference{i} {backend} check inter 100ms fall 2 rise 1\n"
+                ))
             ),
         }
     }
@@ -166,10 +176,10 @@ struct Proxy {
 impl Proxy {
     /// Starts `kind` in the foreground, with its config, logs and other
     /// files in a fresh directory for the test `test`, listening on
-    /// 127.0.0.1 on a free port and proxying to `backend`; waits until a
+    /// 127.0.0.1 on a free port and proxying to `backends`; waits until a
     /// `GET /` through it is answered 200 (for HAProxy: until its health
-    /// checks have seen the server up). Fails if the binary is missing.
-    async fn start(kind: Kind, test: &str, backend: SocketAddr) -> Self {
+    /// checks have seen a server up). Fails if the binary is missing.
+    async fn start(kind: Kind, test: &str, backends: &[SocketAddr]) -> Self {
         let binary = kind.binary();
         assert!(
             Path::new(binary).exists(),
@@ -188,7 +198,7 @@ impl Proxy {
             .local_addr()
             .unwrap();
         let config = dir.join(format!("{}.conf", kind.name()));
-        std::fs::write(&config, kind.config(&dir, addr, backend)).unwrap();
+        std::fs::write(&config, kind.config(&dir, addr, backends)).unwrap();
         let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
         let child = Command::new(binary)
             .args(kind.args(&dir, &config))
@@ -516,7 +526,7 @@ async fn shut_down(mut server: Process) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_behind_nginx_keep_alive_lose_nothing() {
     let (generations, server) = Generations::handoff("proxy-handoff", "").await;
-    let nginx = Proxy::start(Kind::Nginx, "proxy-handoff", server.addr).await;
+    let nginx = Proxy::start(Kind::Nginx, "proxy-handoff", &[server.addr]).await;
     let server = five_restarts_behind(&nginx, &generations, server).await;
     shut_down(server).await;
 }
@@ -528,7 +538,7 @@ async fn restarts_behind_nginx_keep_alive_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_behind_haproxy_with_health_checks_lose_nothing() {
     let (generations, server) = Generations::handoff("proxy-haproxy", "--lame-duck 1").await;
-    let haproxy = Proxy::start(Kind::HAProxy, "proxy-haproxy", server.addr).await;
+    let haproxy = Proxy::start(Kind::HAProxy, "proxy-haproxy", &[server.addr]).await;
     let server = five_restarts_behind(&haproxy, &generations, server).await;
     shut_down(server).await;
 }
@@ -540,7 +550,7 @@ async fn restarts_behind_haproxy_with_health_checks_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_on_a_held_socket_behind_nginx_lose_nothing() {
     let (generations, server) = Generations::held_socket("").await;
-    let nginx = Proxy::start(Kind::Nginx, "proxy-held", server.addr).await;
+    let nginx = Proxy::start(Kind::Nginx, "proxy-held", &[server.addr]).await;
     let mut server = five_restarts_behind(&nginx, &generations, server).await;
     // The socket is still held by the test: even the last drain is a restart.
     server.signal("TERM");
@@ -595,4 +605,38 @@ async fn sigterm_with_busy_keep_alive_clients_loses_nothing() {
         tally.errors.len()
     );
     tally.assert_all_served();
+}
+
+/// Scaling down: two reference servers behind HAProxy, which health-checks
+/// both every 100 ms; one gets SIGTERM with a lame duck period of 1 s. Its
+/// `/healthz` turns 503 at once, HAProxy takes it out of rotation within two
+/// checks while it still serves, and its keep-alive connections retire with
+/// a response: every request through HAProxy is answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_behind_haproxy_with_a_lame_duck_loses_nothing() {
+    let mut leaving = Process::start("", "--lame-duck 1").await;
+    let staying = Process::start("", "").await;
+    let haproxy = Proxy::start(
+        Kind::HAProxy,
+        "proxy-scale-down",
+        &[leaving.addr, staying.addr],
+    )
+    .await;
+    let load = Load::start(haproxy.addr, 16, Then::Reconnect).await;
+    load.wait_for(500).await;
+    leaving.signal("TERM");
+    let report = drain_report(&mut leaving).await;
+    eprintln!("scale-down behind HAProxy: {report}");
+    assert!(report.starts_with("shutdown drained in"), "{report}");
+    assert_eq!(leaving.exit().await.code(), Some(0), "{report}");
+    load.wait_for(500).await;
+    let tally = load.stop().await;
+    eprintln!(
+        "scale-down behind HAProxy: {} requests, by status {:?}, {} errors",
+        tally.requests(),
+        tally.statuses,
+        tally.errors.len()
+    );
+    tally.assert_all_served();
+    shut_down(staying).await;
 }
