@@ -44,7 +44,9 @@ impl Observer {
         self.inner.phase()
     }
 
-    /// `true` until the trigger: the answer a readiness check wants.
+    /// `true` until the trigger, and through a restart's drain
+    /// ([`DrainKind::Restart`](crate::DrainKind::Restart)): the answer a
+    /// readiness check wants.
     pub fn is_ready(&self) -> bool {
         self.inner.is_ready()
     }

@@ -1,5 +1,6 @@
 //! Readiness for load balancers: [`Readiness`] answers `200` until the drain
-//! is triggered and `503` from then on, so traffic moves elsewhere while the
+//! is triggered and `503` from then on (a restart stays `200`: another
+//! process serves the same sockets), so traffic moves elsewhere while the
 //! server finishes what it has.
 
 use std::{
