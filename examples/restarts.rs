@@ -1,14 +1,25 @@
 //! Restarts under continuous load: what each way of restarting loses, for
-//! plain axum and for tower-drain.
+//! plain axum and for tower-drain, served directly or behind a real reverse
+//! proxy.
 //!
 //! ```text
 //! cargo run --release --example restarts -- [--restarts N] [--clients N] [--between N]
+//!     [--proxy nginx|haproxy] [--plot PATH.svg]
 //! ```
 //!
-//! Clients (6 by default) each open a new connection per request without
-//! pause. Every `--between` requests (500) the server is restarted (20 times
-//! by default): a successor process starts, then the old one is stopped.
-//! Each way is one row of the Markdown table printed at the end:
+//! Without `--proxy`, clients (6 by default) each open a new connection per
+//! request to the server, without pause. With `--proxy`, the server is
+//! behind nginx (`/usr/sbin/nginx`, a keep-alive pool of upstream
+//! connections, `proxy_next_upstream off`) or HAProxy (`/usr/sbin/haproxy`,
+//! `http-reuse always`, `retries 0`, health checks on `GET /healthz` every
+//! 100 ms), and each client holds one HTTP/1.1 keep-alive connection to the
+//! proxy, sending `GET /` back to back and reconnecting when the proxy
+//! closes it; a request is lost when the proxy answers anything but 200
+//! (502, 503) or the connection fails.
+//!
+//! Every `--between` requests (500) the server is restarted (20 times by
+//! default): a successor process starts, then the old one is stopped. Each
+//! way is one row of the Markdown table printed at the end:
 //!
 //! - `SO_REUSEPORT`: the successor binds its own socket on the same port,
 //!   then the old server gets SIGTERM.
@@ -18,11 +29,38 @@
 //!   passes it to every server (`LISTEN_FDS` for tower-drain, standard input
 //!   for plain axum); the old server gets SIGTERM once the successor listens.
 //!
+//! Behind a proxy, three more rows shut a server down instead, `--restarts`
+//! times each, each time with a fresh proxy: two servers on ports of their
+//! own are the proxy's upstreams, after `--between` requests the first
+//! gets SIGTERM (no successor takes its port), and the load goes on for
+//! `--between` requests after it exited. The rows: plain axum, tower-drain,
+//! and tower-drain with a lame duck period of 1 s (readiness on `/healthz`
+//! turns 503 at SIGTERM while it goes on serving, so that HAProxy's health
+//! checks take it out of rotation before it closes its socket; nginx has no
+//! active health checks, and `proxy_next_upstream off` forbids it to retry
+//! even a refused connection elsewhere).
+//!
+//! The columns behind a proxy: 502 and 503 are the proxy's answers;
+//! "closed unanswered" is a client connection closed with the request
+//! unanswered, which is how HAProxy reports a failed server connection to
+//! a keep-alive client whose request is not its first (so that the client
+//! may retry). The last column counts stopped servers that did not exit 0;
+//! tower-drain exits 1 after a drain that was not clean (forced, or
+//! connections reset in its accept queue).
+//!
+//! `--plot PATH.svg` draws the two "socket held by a service manager" rows
+//! as time series, requests answered and lost per 100 ms, plain axum above
+//! tower-drain, restarts marked.
+//!
 //! Servers are this same program run as `restarts serve ...`.
 
+mod plot;
+mod proxies;
 mod support;
 
 use std::{
+    error::Error as _,
+    io,
     net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
@@ -34,75 +72,193 @@ use std::{
     time::Duration,
 };
 
+use axum::routing::get;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
+    net::TcpStream,
     process::{Child, Command},
     sync::watch,
     task::JoinHandle,
+    time::Instant,
 };
-use tower_drain::{restart::Listeners, DrainLayer, Watch};
+use tower_drain::{restart::Listeners, DrainLayer, Readiness, Watch};
 
+use proxies::{Kind, Proxy};
 use support::{answer, app, failure, send, Outcome, Tally};
 
-/// One way of restarting, for one server.
+/// One way of restarting or shutting down, for one server: a row.
 #[derive(Clone, Copy)]
 struct Way {
     name: &'static str,
     server: &'static str,
+    /// More flags for `serve`.
+    flags: &'static str,
     socket: Socket,
+    stop: Stop,
 }
 
 /// Where a server's listening socket comes from.
 #[derive(Clone, Copy, PartialEq)]
 enum Socket {
+    /// The server binds it, with `SO_REUSEPORT`.
     ReusePort,
     Handoff,
     ServiceManager,
 }
 
-const WAYS: [Way; 5] = [
-    Way {
-        name: "axum, SO_REUSEPORT successor",
-        server: "axum",
-        socket: Socket::ReusePort,
-    },
-    Way {
-        name: "tower-drain, SO_REUSEPORT successor",
-        server: "drain",
-        socket: Socket::ReusePort,
-    },
-    Way {
-        name: "axum, socket held by a service manager",
-        server: "axum",
-        socket: Socket::ServiceManager,
-    },
-    Way {
-        name: "tower-drain, socket held by a service manager",
-        server: "drain",
-        socket: Socket::ServiceManager,
-    },
-    Way {
-        name: "tower-drain, handoff to the successor",
-        server: "drain",
-        socket: Socket::Handoff,
-    },
+/// What becomes of a server that is told to stop.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// A successor takes over its port.
+    Restart,
+    /// No successor: another upstream of the proxy serves.
+    Shutdown,
+}
+
+impl Way {
+    const fn restart(name: &'static str, server: &'static str, socket: Socket) -> Self {
+        Way {
+            name,
+            server,
+            flags: "",
+            socket,
+            stop: Stop::Restart,
+        }
+    }
+
+    const fn shutdown(name: &'static str, server: &'static str, flags: &'static str) -> Self {
+        Way {
+            name,
+            server,
+            flags,
+            socket: Socket::ReusePort,
+            stop: Stop::Shutdown,
+        }
+    }
+}
+
+const RESTARTS: [Way; 5] = [
+    Way::restart("axum, SO_REUSEPORT successor", "axum", Socket::ReusePort),
+    Way::restart(
+        "tower-drain, SO_REUSEPORT successor",
+        "drain",
+        Socket::ReusePort,
+    ),
+    Way::restart(
+        "axum, socket held by a service manager",
+        "axum",
+        Socket::ServiceManager,
+    ),
+    Way::restart(
+        "tower-drain, socket held by a service manager",
+        "drain",
+        Socket::ServiceManager,
+    ),
+    Way::restart(
+        "tower-drain, handoff to the successor",
+        "drain",
+        Socket::Handoff,
+    ),
 ];
 
-/// What became of the requests sent during one way's restarts.
+/// Behind a proxy only: the proxy has another upstream to go on with.
+const SHUTDOWNS: [Way; 3] = [
+    Way::shutdown("axum, shutdown (SIGTERM)", "axum", ""),
+    Way::shutdown("tower-drain, shutdown (SIGTERM)", "drain", ""),
+    Way::shutdown(
+        "tower-drain, lame duck 1 s, shutdown (SIGTERM)",
+        "drain",
+        "--lame-duck 1",
+    ),
+];
+
+/// What became of the requests sent during one way's restarts or
+/// shutdowns.
 struct Row {
     way: Way,
     tally: Tally,
     /// Old servers that did not exit with status 0.
     failed_exits: usize,
+    /// When the row's load started.
+    started: Instant,
+    /// When each request ended, and how.
+    requests: Vec<Record>,
+    /// When each old server was told to stop.
+    stops: Vec<Instant>,
+    /// When the (last) load was told to stop.
+    ended: Instant,
+}
+
+impl Row {
+    fn new(way: Way) -> Self {
+        Row {
+            way,
+            tally: Tally::default(),
+            failed_exits: 0,
+            started: Instant::now(),
+            requests: Vec::new(),
+            stops: Vec::new(),
+            ended: Instant::now(),
+        }
+    }
+
+    /// Requests not answered 200.
+    fn lost(&self) -> usize {
+        self.tally.sent - self.tally.served
+    }
+
+    /// Stops `load`, and counts what it saw.
+    async fn stop_load(&mut self, load: Load) {
+        self.ended = Instant::now();
+        let requests = load.stop().await;
+        for &(_, outcome) in &requests {
+            self.tally.add(outcome);
+        }
+        self.requests.extend(requests);
+    }
+
+    /// Tells `old` to stop the way `launcher` does, and counts a bad exit.
+    async fn stop(&mut self, launcher: &Launcher, old: Process) {
+        self.stops.push(Instant::now());
+        if !launcher.stop(old).await {
+            self.failed_exits += 1;
+        }
+    }
+
+    /// The row as a panel of the picture.
+    fn panel(&self, title: String) -> plot::Panel {
+        let since = |at: &Instant| at.saturating_duration_since(self.started);
+        plot::Panel {
+            title,
+            requests: (self.requests.iter())
+                .map(|(at, outcome)| (since(at), matches!(outcome, Outcome::Served)))
+                .collect(),
+            restarts: self.stops.iter().map(since).collect(),
+            until: since(&self.ended),
+        }
+    }
 }
 
 struct Options {
     restarts: usize,
     clients: usize,
     between: usize,
+    proxy: Option<Kind>,
+    plot: Option<PathBuf>,
 }
 
-/// Starts servers the way `way` restarts them.
+impl Options {
+    /// The rows this run measures.
+    fn ways(&self) -> Vec<Way> {
+        let shutdowns = self.proxy.map_or(&[][..], |_| &SHUTDOWNS[..]);
+        RESTARTS.iter().chain(shutdowns).copied().collect()
+    }
+}
+
+/// Starts servers the way `way` restarts them (or shuts them down).
 struct Launcher {
     way: Way,
     program: PathBuf,
@@ -124,10 +280,19 @@ impl Launcher {
         }
     }
 
+    /// Where the first server listens: the held socket's address, or a
+    /// free port.
+    fn first_addr(&self) -> SocketAddr {
+        match self.way.socket {
+            Socket::ServiceManager => self.held.local_addr().expect("its address"),
+            _ => SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+
     /// Starts a server on `addr` (port 0 for the first) and waits until it
     /// listens.
     async fn start(&self, addr: SocketAddr) -> Process {
-        let args = format!("serve {} {addr}", self.way.server);
+        let args = format!("serve {} {addr} {}", self.way.server, self.way.flags);
         let (prefix, args, stdin) = match self.way.socket {
             Socket::ReusePort => ("", args, Stdio::null()),
             Socket::Handoff => (
@@ -156,38 +321,115 @@ impl Launcher {
     }
 }
 
+/// Where the load goes: straight to the server, or to a proxy in front of
+/// the servers.
+struct Front {
+    addr: SocketAddr,
+    client: Client,
+    /// Running while the front is in use.
+    proxy: Option<Proxy>,
+}
+
+impl Front {
+    /// Starts the proxy of `options`, if any, in front of `backends`.
+    async fn start(options: &Options, backends: &[SocketAddr]) -> io::Result<Self> {
+        Ok(match options.proxy {
+            None => Front {
+                addr: backends[0],
+                client: Client::ConnectionPerRequest,
+                proxy: None,
+            },
+            Some(kind) => {
+                let proxy = Proxy::start(kind, backends).await?;
+                Front {
+                    addr: proxy.addr,
+                    client: Client::KeepAlive,
+                    proxy: Some(proxy),
+                }
+            }
+        })
+    }
+
+    /// Starts `clients` clients sending to the front.
+    fn load(&self, clients: usize) -> Load {
+        Load::start(self.addr, clients, self.client)
+    }
+
+    /// Says on stderr how much the proxy logged (nginx: its errors, such
+    /// as each 502's cause; HAProxy: servers going down and up).
+    fn report(&self) {
+        if let Some(proxy) = &self.proxy {
+            let log = proxy.log();
+            let lines: Vec<_> = log.lines().collect();
+            eprintln!("  {} log: {} lines", proxy.kind.name(), lines.len());
+            for line in lines.iter().take(3) {
+                eprintln!("    {line}");
+            }
+        }
+    }
+}
+
+/// Measures one row.
+async fn measure(way: Way, options: &Options) -> io::Result<Row> {
+    match way.stop {
+        Stop::Restart => measure_restarts(way, options).await,
+        Stop::Shutdown => measure_shutdowns(way, options).await,
+    }
+}
+
 /// Restarts the server `options.restarts` times the way `way` does, under load.
-async fn measure(way: Way, options: &Options) -> Row {
+async fn measure_restarts(way: Way, options: &Options) -> io::Result<Row> {
     let launcher = Launcher::new(way);
-    let first = match way.socket {
-        Socket::ServiceManager => launcher.held.local_addr().expect("its address"),
-        _ => SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
-    let mut server = launcher.start(first).await;
+    let mut server = launcher.start(launcher.first_addr()).await;
     let addr = server.addr;
-    let load = Load::start(addr, options.clients);
-    let mut failed_exits = 0;
+    let front = Front::start(options, &[addr]).await?;
+    let mut row = Row::new(way);
+    let load = front.load(options.clients);
     for _ in 0..options.restarts {
         load.wait_for(options.between).await;
         let successor = launcher.start(addr).await;
-        if !launcher.stop(server).await {
-            failed_exits += 1;
-        }
+        row.stop(&launcher, server).await;
         server = successor;
     }
     load.wait_for(options.between).await;
-    let tally = load.stop().await;
+    row.stop_load(load).await;
+    front.report();
     server.signal("TERM");
     server.exit().await;
-    Row {
-        way,
-        tally,
-        failed_exits,
+    Ok(row)
+}
+
+/// Shuts a server down `options.restarts` times under load, each time with
+/// a second server as the proxy's other upstream.
+async fn measure_shutdowns(way: Way, options: &Options) -> io::Result<Row> {
+    let launcher = Launcher::new(way);
+    let mut row = Row::new(way);
+    for _ in 0..options.restarts {
+        let stopped = launcher.start(launcher.first_addr()).await;
+        let other = launcher.start(launcher.first_addr()).await;
+        let front = Front::start(options, &[stopped.addr, other.addr]).await?;
+        let load = front.load(options.clients);
+        load.wait_for(options.between).await;
+        row.stop(&launcher, stopped).await;
+        load.wait_for(options.between).await;
+        row.stop_load(load).await;
+        front.report();
+        other.signal("TERM");
+        other.exit().await;
     }
+    Ok(row)
 }
 
 /// Prints the table.
 fn print(options: &Options, rows: &[Row]) {
+    match options.proxy {
+        None => print_direct(options, rows),
+        Some(kind) => print_behind(kind, options, rows),
+    }
+}
+
+/// The table of a run without a proxy.
+fn print_direct(options: &Options, rows: &[Row]) {
     println!(
         "{} restarts per row, {} clients each opening a new connection per request, {} requests between restarts:\n",
         options.restarts, options.clients, options.between
@@ -200,7 +442,7 @@ fn print(options: &Options, rows: &[Row]) {
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.way.name,
             t.sent,
-            t.sent - t.served,
+            row.lost(),
             t.reset,
             t.refused,
             t.unanswered,
@@ -208,6 +450,71 @@ fn print(options: &Options, rows: &[Row]) {
             row.failed_exits
         );
     }
+}
+
+/// The table of a run behind `kind`.
+fn print_behind(kind: Kind, options: &Options, rows: &[Row]) {
+    println!(
+        "Behind {}: {} restarts or shutdowns per row, {} keep-alive clients \
+         (one HTTP/1.1 connection to the proxy each, `GET /` back to back), \
+         {} requests between restarts:\n",
+        kind.name(),
+        options.restarts,
+        options.clients,
+        options.between
+    );
+    println!(
+        "| behind {} | requests | answered 200 | lost | 502 | 503 | closed unanswered | other | stopped server exit ≠ 0 |",
+        kind.name()
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        let (t, lost) = (&row.tally, row.lost());
+        let other = lost - t.bad_gateway - t.unavailable - t.unanswered;
+        println!(
+            "| {} | {} | {} | {lost} | {} | {} | {} | {other} | {} |",
+            row.way.name,
+            t.sent,
+            t.served,
+            t.bad_gateway,
+            t.unavailable,
+            t.unanswered,
+            row.failed_exits
+        );
+    }
+}
+
+/// Draws the two "socket held by a service manager" rows at `path`.
+fn draw(path: &Path, options: &Options, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
+    let held = |server| {
+        rows.iter().find(|row| {
+            let way = row.way;
+            way.server == server && way.socket == Socket::ServiceManager
+        })
+    };
+    let panels: Vec<_> = [held("axum"), held("drain")]
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            let (served, lost) = (row.tally.served, row.lost());
+            row.panel(format!(
+                "{}: {served} answered 200, {lost} lost",
+                row.way.name
+            ))
+        })
+        .collect();
+    let (behind, clients) = match options.proxy {
+        None => (
+            "served directly".to_owned(),
+            "clients (a connection per request)",
+        ),
+        Some(kind) => (format!("behind {}", kind.name()), "keep-alive clients"),
+    };
+    let caption = format!(
+        "{} restarts {behind}: {} {clients}, {} requests between restarts",
+        options.restarts, options.clients, options.between
+    );
+    plot::draw(path, &caption, &panels)
 }
 
 // ---- the servers' processes and the load ----
@@ -254,8 +561,18 @@ impl Process {
                     .expect("an address");
             }
         };
-        // Read the rest of the log, so that the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+        // Read the rest of the log, so that the server never blocks on a full
+        // pipe, and pass on what went wrong.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = log.next_line().await {
+                if [" WARN ", " ERROR ", "error:"]
+                    .iter()
+                    .any(|w| line.contains(w))
+                {
+                    eprintln!("  server: {line}");
+                }
+            }
+        });
         Self { child, addr }
     }
 
@@ -279,33 +596,45 @@ impl Process {
     }
 }
 
-/// Clients that each open a new connection per request, without pause.
+/// When a request ended, and how.
+type Record = (Instant, Outcome);
+
+/// How the clients of a [`Load`] send their requests.
+#[derive(Clone, Copy)]
+enum Client {
+    /// A new connection per request, `Connection: close`.
+    ConnectionPerRequest,
+    /// One HTTP/1.1 keep-alive connection at a time, `GET /` back to back
+    /// on it, a new one when it closes.
+    KeepAlive,
+}
+
+/// Clients that send requests without pause.
 struct Load {
     stop: Arc<AtomicBool>,
     /// Requests completed so far, whatever their outcome.
     done: Arc<watch::Sender<usize>>,
-    clients: Vec<JoinHandle<Vec<Outcome>>>,
+    clients: Vec<JoinHandle<Vec<Record>>>,
 }
 
 impl Load {
-    /// Starts `clients` clients sending to `addr`.
-    fn start(addr: SocketAddr, clients: usize) -> Self {
+    /// Starts `clients` clients of kind `client` sending to `addr`.
+    fn start(addr: SocketAddr, clients: usize, client: Client) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(watch::Sender::new(0));
         let clients = (0..clients)
             .map(|_| {
-                let (stop, done) = (stop.clone(), done.clone());
-                tokio::spawn(async move {
-                    let mut outcomes = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        outcomes.push(match send(addr, true).await {
-                            Ok(stream) => answer(stream).await,
-                            Err(error) => failure(&error),
-                        });
-                        done.send_modify(|done| *done += 1);
+                let recorder = Recorder {
+                    stop: stop.clone(),
+                    done: done.clone(),
+                    records: Vec::new(),
+                };
+                match client {
+                    Client::ConnectionPerRequest => {
+                        tokio::spawn(connection_per_request(addr, recorder))
                     }
-                    outcomes
-                })
+                    Client::KeepAlive => tokio::spawn(keep_alive(addr, recorder)),
+                }
             })
             .collect();
         Self {
@@ -324,35 +653,126 @@ impl Load {
             .expect("the load holds the sender");
     }
 
-    /// Stops the clients; what became of every request they sent.
-    async fn stop(self) -> Tally {
+    /// Stops the clients; when each request they sent ended, and how.
+    async fn stop(self) -> Vec<Record> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut tally = Tally::default();
+        let mut records = Vec::new();
         for client in self.clients {
-            for outcome in client.await.expect("a client") {
-                tally.add(outcome);
-            }
+            records.extend(client.await.expect("a client"));
         }
-        tally
+        records
+    }
+}
+
+/// What one client of a [`Load`] has seen, and when to stop.
+struct Recorder {
+    stop: Arc<AtomicBool>,
+    done: Arc<watch::Sender<usize>>,
+    records: Vec<Record>,
+}
+
+impl Recorder {
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Notes that a request ended with `outcome`.
+    fn record(&mut self, outcome: Outcome) {
+        self.records.push((Instant::now(), outcome));
+        self.done.send_modify(|done| *done += 1);
+    }
+}
+
+/// A client that opens a new connection per request.
+async fn connection_per_request(addr: SocketAddr, mut recorder: Recorder) -> Vec<Record> {
+    while recorder.running() {
+        recorder.record(match send(addr, true).await {
+            Ok(stream) => answer(stream).await,
+            Err(error) => failure(&error),
+        });
+    }
+    recorder.records
+}
+
+/// A client that holds a keep-alive connection, and opens a new one when
+/// it closes.
+async fn keep_alive(addr: SocketAddr, mut recorder: Recorder) -> Vec<Record> {
+    while recorder.running() {
+        match http1(addr).await {
+            Ok(sender) => requests_on(sender, &mut recorder).await,
+            Err(error) => recorder.record(failure(&error)),
+        }
+    }
+    recorder.records
+}
+
+/// A hyper HTTP/1.1 connection to `addr`, driven by a task of its own.
+async fn http1(addr: SocketAddr) -> io::Result<SendRequest<Empty<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Sends `GET /` on `sender` back to back until the connection closes (after
+/// a response that says `Connection: close`, say) or the load stops.
+async fn requests_on(mut sender: SendRequest<Empty<Bytes>>, recorder: &mut Recorder) {
+    // `ready` fails once the connection has closed.
+    while recorder.running() && sender.ready().await.is_ok() {
+        let request = hyper::Request::get("/")
+            .header("host", "example")
+            .body(Empty::new())
+            .expect("a valid request");
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                recorder.record(match response.into_body().collect().await {
+                    Ok(_) => Outcome::of_status(status),
+                    Err(error) => hyper_failure(&error),
+                });
+            }
+            // Given back unsent: the connection closed before it was
+            // written, so nobody read it.
+            Err(error) if error.message().is_some() => return,
+            Err(error) => return recorder.record(hyper_failure(error.error())),
+        }
+    }
+}
+
+/// The outcome of a request sent on a connection that failed with `error`.
+fn hyper_failure(error: &hyper::Error) -> Outcome {
+    match error.source().and_then(|e| e.downcast_ref::<io::Error>()) {
+        Some(error) => failure(error),
+        None if error.is_incomplete_message() => Outcome::Unanswered,
+        None => Outcome::Other,
     }
 }
 
 // ---- the servers ----
 
-/// `serve axum|drain ADDR [--handoff PATH] [--stdin]`
+/// `serve axum|drain ADDR [--handoff PATH] [--stdin] [--lame-duck SECS]`
 async fn serve(args: &[String]) -> ExitCode {
     let (Some(server), Some(Ok(addr))) = (args.first(), args.get(1).map(|a| a.parse())) else {
         return usage();
     };
-    let handoff = args
-        .iter()
-        .position(|a| a == "--handoff")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
+    let (Some(handoff), Some(lame_duck)) = (
+        flag_value(args, "--handoff"),
+        flag_value(args, "--lame-duck"),
+    ) else {
+        return usage();
+    };
+    let lame_duck = match lame_duck.map(|secs| secs.parse().map(Duration::try_from_secs_f64)) {
+        None => Duration::ZERO,
+        Some(Ok(Ok(period))) => period,
+        Some(_) => return usage(),
+    };
     let stdin = args.iter().any(|a| a == "--stdin");
     let result = match server.as_str() {
         "axum" => serve_axum(addr, stdin).await,
-        "drain" => serve_drain(addr, handoff.as_deref()).await,
+        "drain" => serve_drain(addr, handoff.map(Path::new), lame_duck).await,
         _ => return usage(),
     };
     match result {
@@ -365,8 +785,9 @@ async fn serve(args: &[String]) -> ExitCode {
 }
 
 /// Plain axum on its own `SO_REUSEPORT` socket, or on the socket passed as
-/// standard input; SIGTERM is its graceful shutdown.
-async fn serve_axum(addr: SocketAddr, stdin: bool) -> std::io::Result<()> {
+/// standard input; SIGTERM is its graceful shutdown. `/healthz` answers 200
+/// while it accepts.
+async fn serve_axum(addr: SocketAddr, stdin: bool) -> io::Result<()> {
     let listener = if stdin {
         let socket = std::io::stdin().as_fd().try_clone_to_owned()?;
         std::net::TcpListener::from(socket)
@@ -381,7 +802,8 @@ async fn serve_axum(addr: SocketAddr, stdin: bool) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     eprintln!("listening addr={}", listener.local_addr()?);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    axum::serve(listener, app())
+    let app = app().route("/healthz", get(|| async { "ok" }));
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             terminate.recv().await;
         })
@@ -389,35 +811,73 @@ async fn serve_axum(addr: SocketAddr, stdin: bool) -> std::io::Result<()> {
 }
 
 /// tower-drain with `restart::Listeners`: inherited, handed over or bound
-/// with `SO_REUSEPORT`; SIGTERM drains.
-async fn serve_drain(addr: SocketAddr, handoff: Option<&Path>) -> std::io::Result<()> {
-    let watch = Watch::new();
+/// with `SO_REUSEPORT`; SIGTERM drains, after `lame_duck` for a shutdown.
+/// `/healthz` is its readiness. A drain that was not clean (forced, or
+/// connections reset in the accept queue) is an error: exit status 1.
+async fn serve_drain(
+    addr: SocketAddr,
+    handoff: Option<&Path>,
+    lame_duck: Duration,
+) -> io::Result<()> {
+    let watch = Watch::builder()
+        .lame_duck(lame_duck)
+        .build()
+        .map_err(io::Error::other)?;
     watch.trigger_on_signals()?;
     let mut builder = Listeners::builder().tcp("http", addr).reuse_port(true);
     if let Some(path) = handoff {
         builder = builder.handoff(path);
     }
     let listener = builder.open(&watch).await?.tcp("http")?;
-    let app = app().layer(DrainLayer::new(watch.clone()));
+    let app = app()
+        .route_service("/healthz", Readiness::new(watch.observer()))
+        .layer(DrainLayer::new(watch.clone()));
     axum::serve(listener, app)
         .with_graceful_shutdown(watch.shutdown_signal())
         .await?;
-    match watch.drained().await.forced {
-        None => Ok(()),
-        Some(cause) => Err(std::io::Error::other(format!("drain forced: {cause}"))),
+    let report = watch.drained().await;
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("drain not clean: {report}")))
     }
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: restarts [--restarts N] [--clients N] [--between N]");
+    eprintln!(
+        "usage: restarts [--restarts N] [--clients N] [--between N] \
+         [--proxy nginx|haproxy] [--plot PATH.svg]"
+    );
     ExitCode::from(2)
 }
 
-fn flag(args: &[String], name: &str, default: usize) -> Option<usize> {
+/// The value after the flag `name`: `Some(None)` without the flag, `None`
+/// when the value is missing.
+fn flag_value<'a>(args: &'a [String], name: &str) -> Option<Option<&'a str>> {
     match args.iter().position(|a| a == name) {
-        Some(i) => args.get(i + 1)?.parse().ok(),
-        None => Some(default),
+        Some(i) => args.get(i + 1).map(|value| Some(value.as_str())),
+        None => Some(None),
     }
+}
+
+/// The number after the flag `name`, `default` without the flag.
+fn flag(args: &[String], name: &str, default: usize) -> Option<usize> {
+    flag_value(args, name)?.map_or(Some(default), |value| value.parse().ok())
+}
+
+/// The options, or `None` if a flag is wrong.
+fn options(args: &[String]) -> Option<Options> {
+    let proxy = match flag_value(args, "--proxy")? {
+        None => None,
+        Some(name) => Some(Kind::parse(name)?),
+    };
+    Some(Options {
+        restarts: flag(args, "--restarts", 20)?,
+        clients: flag(args, "--clients", 6)?,
+        between: flag(args, "--between", 500)?,
+        proxy,
+        plot: flag_value(args, "--plot")?.map(PathBuf::from),
+    })
 }
 
 #[tokio::main]
@@ -431,23 +891,27 @@ async fn main() -> ExitCode {
             .init();
         return serve(&args[1..]).await;
     }
-    let (Some(restarts), Some(clients), Some(between)) = (
-        flag(&args, "--restarts", 20),
-        flag(&args, "--clients", 6),
-        flag(&args, "--between", 500),
-    ) else {
+    let Some(options) = options(&args) else {
         return usage();
     };
-    let options = Options {
-        restarts,
-        clients,
-        between,
-    };
     let mut rows = Vec::new();
-    for way in WAYS {
+    for way in options.ways() {
         eprintln!("measuring: {}", way.name);
-        rows.push(measure(way, &options).await);
+        match measure(way, &options).await {
+            Ok(row) => rows.push(row),
+            Err(error) => {
+                eprintln!("error: {}: {error}", way.name);
+                return ExitCode::FAILURE;
+            }
+        }
     }
     print(&options, &rows);
+    if let Some(path) = &options.plot {
+        if let Err(error) = draw(path, &options, &rows) {
+            eprintln!("error: cannot draw {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("drew {}", path.display());
+    }
     ExitCode::SUCCESS
 }

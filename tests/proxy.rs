@@ -19,6 +19,8 @@
 //! - SIGTERM to a server with busy keep-alive clients and no proxy retires
 //!   every connection with a `Connection: close` response and leaves no
 //!   request it read unanswered (ten rounds).
+//! - scaling down one of two servers behind HAProxy with a lame duck period
+//!   loses no request.
 //!
 //! Every answer through a proxy is a 200, and no client sees an error.
 
@@ -27,232 +29,33 @@ mod common;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
 };
 
 use common::{
     generations::{drain_report, Generations},
-    get_request, handoff_path, http1_client, one_request,
+    get_request, http1_client,
     process::Process,
     within,
 };
 use http_body_util::BodyExt;
 use tokio::{sync::Notify, task::JoinHandle};
 
-/// A reverse proxy this file runs in front of the reference server.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    /// nginx, with a keep-alive pool of upstream connections and
-    /// `proxy_next_upstream off`.
-    Nginx,
-    /// HAProxy in HTTP mode, with `http-reuse always`, `retries 0` and
-    /// health checks on `GET /healthz` every 100 ms (down after 2 failures,
-    /// up after 1 success).
-    HAProxy,
-}
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/proxies/mod.rs"]
+mod proxies;
 
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Nginx => "nginx",
-            Kind::HAProxy => "haproxy",
-        }
-    }
+use proxies::{Kind, Proxy};
 
-    /// Where Debian's packages put the binary.
-    fn binary(self) -> &'static str {
-        match self {
-            Kind::Nginx => "/usr/sbin/nginx",
-            Kind::HAProxy => "/usr/sbin/haproxy",
-        }
-    }
-
-    /// How to install the binary, for the failure when it is missing.
-    fn install(self) -> &'static str {
-        match self {
-            Kind::Nginx => {
-                "`apt-get install nginx-light` (on Debian 12 that pulls in \
-                 the `nginx` package, which holds the binary)"
-            }
-            Kind::HAProxy => "`apt-get install haproxy`",
-        }
-    }
-
-    /// The config file's text: listening on `addr`, proxying to `backends`,
-    /// with every path nginx writes to in `dir`.
-    fn config(self, dir: &Path, addr: SocketAddr, backends: &[SocketAddr]) -> String {
-        let d = dir.display();
-        let servers = |line: &dyn Fn(usize, SocketAddr) -> String| {
-            backends
-                .iter()
-                .enumerate()
-                .map(|(i, &backend)| line(i, backend))
-                .collect::<String>()
-        };
-        match self {
-            Kind::Nginx => format!(
-                "worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream backend {{ {}keepalive 32; }}
-    server {{
-        listen {addr};
-        # Clients reconnect every 100 requests: nginx closes their connection.
-        keepalive_requests 100;
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_next_upstream off;
-        }}
-    }}
-}}
-",
-                servers(&|_, backend| format!("server {backend}; "))
-            ),
-            Kind::HAProxy => format!(
-                "defaults
-    mode http
-    timeout connect 5s
-    timeout client 5s
-    timeout server 5s
-    # Any idle connection to the server may carry any client's request.
-    http-reuse always
-    # A request lost on a closing connection is a 502, not a retry.
-    retries 0
-    option httpchk GET /healthz
-frontend front
-    bind {addr}
-    default_backend back
-backend back
-{}",
-                servers(&|i, backend| format!(
-                    "    server reference{i} {backend} check inter 100ms fall 2 rise 1\n"
-                ))
-            ),
-        }
-    }
-
-    /// The arguments that run it in the foreground with the config file
-    /// `config`, and its other files in `dir`.
-    fn args(self, dir: &Path, config: &Path) -> Vec<std::ffi::OsString> {
-        let mut args: Vec<std::ffi::OsString> = Vec::new();
-        match self {
-            Kind::Nginx => {
-                args.extend(["-p".into(), dir.into(), "-c".into(), config.into()]);
-                args.extend(["-e".into(), dir.join("error.log").into()]);
-                args.extend(["-g".into(), "daemon off;".into()]);
-            }
-            Kind::HAProxy => args.extend(["-db".into(), "-f".into(), config.into()]),
-        }
-        args
-    }
-}
-
-/// A real reverse proxy, in a process group of its own, killed (the whole
-/// group: nginx's master and worker) when dropped.
-struct Proxy {
-    kind: Kind,
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Proxy {
-    /// Starts `kind` in the foreground, with its config, logs and other
-    /// files in a fresh directory for the test `test`, listening on
-    /// 127.0.0.1 on a free port and proxying to `backends`; waits until a
-    /// `GET /` through it is answered 200 (for HAProxy: until its health
-    /// checks have seen a server up). Fails if the binary is missing.
-    async fn start(kind: Kind, test: &str, backends: &[SocketAddr]) -> Self {
-        let binary = kind.binary();
-        assert!(
-            Path::new(binary).exists(),
-            "{binary} is missing: this test needs a real {}, install it with {}",
-            kind.name(),
-            kind.install(),
-        );
-        // `handoff_path` makes a fresh directory per test.
-        let dir = handoff_path(&format!("{test}-{}", kind.name()))
-            .parent()
-            .unwrap()
-            .to_owned();
-        // A port free a moment ago; the proxy failing to bind it fails the test.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let config = dir.join(format!("{}.conf", kind.name()));
-        std::fs::write(&config, kind.config(&dir, addr, backends)).unwrap();
-        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-        let child = Command::new(binary)
-            .args(kind.args(&dir, &config))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let mut proxy = Self {
-            kind,
-            child,
-            addr,
-            dir,
-        };
-        proxy.wait_until_serving().await;
-        proxy
-    }
-
-    /// Polls (every 10 ms) until a `GET /` through the proxy is answered
-    /// 200; fails with its log if it exits first.
-    async fn wait_until_serving(&mut self) {
-        let what = format!("{} to answer a GET / with a 200", self.kind.name());
-        within(&what, async {
-            let mut poll = tokio::time::interval(Duration::from_millis(10));
-            loop {
-                poll.tick().await;
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    panic!("{} exited with {status}:\n{}", self.kind.name(), self.log());
-                }
-                if one_request(self.addr, "/").await.is_ok() {
-                    return;
-                }
-            }
-        })
-        .await;
-    }
-
-    /// What the proxy wrote to stderr, then nginx's error log (level `warn`
-    /// and above).
-    fn log(&self) -> String {
-        ["stderr.log", "error.log"]
-            .iter()
-            .filter_map(|file| std::fs::read_to_string(self.dir.join(file)).ok())
-            .collect()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
-    }
+/// Starts a real `kind` in front of `backends` (see [`Proxy::start`]); fails
+/// the test, naming the package to install, if it is missing.
+async fn proxy(kind: Kind, backends: &[SocketAddr]) -> Proxy {
+    within(kind.name(), Proxy::start(kind, backends))
+        .await
+        .unwrap_or_else(|e| panic!("this test needs a real {}: {e}", kind.name()))
 }
 
 /// What one client saw.
@@ -526,7 +329,7 @@ async fn shut_down(mut server: Process) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_behind_nginx_keep_alive_lose_nothing() {
     let (generations, server) = Generations::handoff("proxy-handoff", "").await;
-    let nginx = Proxy::start(Kind::Nginx, "proxy-handoff", &[server.addr]).await;
+    let nginx = proxy(Kind::Nginx, &[server.addr]).await;
     let server = five_restarts_behind(&nginx, &generations, server).await;
     shut_down(server).await;
 }
@@ -538,7 +341,7 @@ async fn restarts_behind_nginx_keep_alive_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_behind_haproxy_with_health_checks_lose_nothing() {
     let (generations, server) = Generations::handoff("proxy-haproxy", "--lame-duck 1").await;
-    let haproxy = Proxy::start(Kind::HAProxy, "proxy-haproxy", &[server.addr]).await;
+    let haproxy = proxy(Kind::HAProxy, &[server.addr]).await;
     let server = five_restarts_behind(&haproxy, &generations, server).await;
     shut_down(server).await;
 }
@@ -550,7 +353,7 @@ async fn restarts_behind_haproxy_with_health_checks_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_on_a_held_socket_behind_nginx_lose_nothing() {
     let (generations, server) = Generations::held_socket("").await;
-    let nginx = Proxy::start(Kind::Nginx, "proxy-held", &[server.addr]).await;
+    let nginx = proxy(Kind::Nginx, &[server.addr]).await;
     let mut server = five_restarts_behind(&nginx, &generations, server).await;
     // The socket is still held by the test: even the last drain is a restart.
     server.signal("TERM");
@@ -616,12 +419,7 @@ async fn sigterm_with_busy_keep_alive_clients_loses_nothing() {
 async fn scale_down_behind_haproxy_with_a_lame_duck_loses_nothing() {
     let mut leaving = Process::start("", "--lame-duck 1").await;
     let staying = Process::start("", "").await;
-    let haproxy = Proxy::start(
-        Kind::HAProxy,
-        "proxy-scale-down",
-        &[leaving.addr, staying.addr],
-    )
-    .await;
+    let haproxy = proxy(Kind::HAProxy, &[leaving.addr, staying.addr]).await;
     let load = Load::start(haproxy.addr, 16, Then::Reconnect).await;
     load.wait_for(500).await;
     leaving.signal("TERM");

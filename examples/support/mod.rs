@@ -1,5 +1,5 @@
 //! What the measuring examples share (`compare.rs`, `restarts.rs`): the app
-//! they serve, a raw HTTP/1.1 client, and the tally of what became of its
+//! they serve, a raw HTTP/1.1 client, and the tally of what became of
 //! requests.
 
 use std::{io, net::SocketAddr};
@@ -16,9 +16,12 @@ pub(crate) fn app() -> Router {
 }
 
 /// What became of one request.
+#[derive(Clone, Copy)]
 pub(crate) enum Outcome {
     /// A response with status 200.
     Served,
+    /// A response with another status: a proxy's 502 or 503, say.
+    Status(u16),
     /// The connection attempt was refused: safe to retry.
     Refused,
     /// The connection was reset: the client cannot know what happened.
@@ -45,9 +48,21 @@ pub(crate) async fn answer(mut stream: TcpStream) -> Outcome {
     let mut bytes = Vec::new();
     match stream.read_to_end(&mut bytes).await {
         Ok(0) => Outcome::Unanswered,
-        Ok(_) if bytes.starts_with(b"HTTP/1.1 200 ") => Outcome::Served,
-        Ok(_) => Outcome::Other,
+        Ok(_) => bytes
+            .strip_prefix(b"HTTP/1.1 ")
+            .and_then(|rest| std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok())
+            .map_or(Outcome::Other, Outcome::of_status),
         Err(error) => failure(&error),
+    }
+}
+
+impl Outcome {
+    /// The outcome of a response with status `status`.
+    pub(crate) fn of_status(status: u16) -> Self {
+        match status {
+            200 => Outcome::Served,
+            status => Outcome::Status(status),
+        }
     }
 }
 
@@ -68,6 +83,11 @@ pub(crate) struct Tally {
     pub(crate) refused: usize,
     pub(crate) reset: usize,
     pub(crate) unanswered: usize,
+    /// Answered 502 Bad Gateway (by a proxy).
+    pub(crate) bad_gateway: usize,
+    /// Answered 503 Service Unavailable (by a proxy).
+    pub(crate) unavailable: usize,
+    /// Anything else, other statuses included.
     pub(crate) other: usize,
 }
 
@@ -80,7 +100,9 @@ impl Tally {
             Outcome::Refused => &mut self.refused,
             Outcome::Reset => &mut self.reset,
             Outcome::Unanswered => &mut self.unanswered,
-            Outcome::Other => &mut self.other,
+            Outcome::Status(502) => &mut self.bad_gateway,
+            Outcome::Status(503) => &mut self.unavailable,
+            Outcome::Status(_) | Outcome::Other => &mut self.other,
         } += 1;
     }
 }
