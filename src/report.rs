@@ -100,6 +100,10 @@ pub enum DrainKind {
     /// service manager). Readiness stays healthy and the lame duck period is
     /// skipped: another process answers on the same sockets, so taking this
     /// one out of rotation would take the whole service out.
+    ///
+    /// A successor on a socket of its own in the same `SO_REUSEPORT` group
+    /// is not seen: such a drain is a `Shutdown`. Behind a health-checking
+    /// proxy, restart that way without a lame duck period.
     Restart,
 }
 
