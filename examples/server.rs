@@ -16,7 +16,8 @@
 //! respected). Exits 0 after a clean drain, 1 after a forced one, one that
 //! reset queued connections, or an error, 2 on bad input
 //! (flags, an inherited descriptor that is not a listening socket, a
-//! handoff path that is not a socket or lies in a missing directory).
+//! handoff path that is not a socket, lies in a missing directory, or is
+//! served by a process of another user).
 //!
 //! Restarts: a second copy started with the same `--handoff PATH` takes the
 //! socket over, and the first drains and exits 0 by itself. Started by a

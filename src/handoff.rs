@@ -18,9 +18,18 @@
 //!
 //! If the successor closes the connection or stays silent past the timeout
 //! before step 2, the running server logs why and keeps serving.
+//!
+//! Who may take part: each side asks the kernel who the other is (the peer
+//! credentials of the Unix socket, `SO_PEERCRED` on Linux, `getpeereid`
+//! elsewhere) and deals only with a process of its own effective uid, root,
+//! or a uid or gid allowed on [`Trust`]. The socket on the path is created
+//! with mode 0600 whatever the umask. Connections are handled concurrently,
+//! each bounded by the timeout, so a client that says nothing delays no
+//! real successor; descriptors a client sends are never taken in.
 
 use std::{
     io::{self, IoSlice, IoSliceMut},
+    os::unix::fs::{MetadataExt, PermissionsExt},
     os::{
         fd::{AsRawFd, RawFd},
         unix::fs::FileTypeExt,
@@ -29,6 +38,8 @@ use std::{
     sync::Arc,
     time::Duration,
 };
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 use socket2::Socket;
@@ -43,6 +54,9 @@ use crate::{shared::SharedSocket, sys, watch::Watch};
 /// protocol.
 const HEADER: &str = "tower-drain handoff 1";
 const READY: &[u8] = b"ready\n";
+/// What the running server says to a successor it does not trust, instead
+/// of the first message.
+const REFUSED: &str = "refused";
 const DONE: &[u8] = b"done\n";
 /// The most sockets one handoff carries (the kernel's limit is 253).
 pub(crate) const MAX_SOCKETS: usize = 64;
@@ -60,15 +74,52 @@ pub(crate) struct Predecessor {
 /// The named listening sockets a handoff carries.
 pub(crate) type Sockets = Vec<(String, Socket)>;
 
-/// Connects to the server at `path` and receives its sockets. `Ok(None)`
-/// means no server is there: the path does not exist, or is a stale socket
-/// nobody listens on.
+/// Who may be on the other end of a handoff: a process of this one's
+/// effective uid, root, or one of the uids or gids allowed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trust {
+    pub(crate) uids: Vec<u32>,
+    pub(crate) gids: Vec<u32>,
+}
+
+impl Trust {
+    /// Fails with `PermissionDenied` unless the peer of `conn` (`who`) is
+    /// trusted.
+    fn check(&self, conn: &UnixStream, who: &str) -> io::Result<()> {
+        let peer = conn.peer_cred()?;
+        let own = nix::unistd::geteuid().as_raw();
+        let (uid, gid) = (peer.uid(), peer.gid());
+        if uid == own || uid == 0 || self.uids.contains(&uid) || self.gids.contains(&gid) {
+            return Ok(());
+        }
+        let pid = peer
+            .pid()
+            .map_or_else(|| "unknown".to_owned(), |pid| pid.to_string());
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refused a {who} of uid {uid} (gid {gid}, pid {pid}): a handoff takes place only \
+                 with uid {own}, root, or a uid or gid allowed with `handoff_allow_uid`/`handoff_allow_gid`"
+            ),
+        ))
+    }
+}
+
+/// Connects to the server at `path` and receives its sockets, if it is a
+/// process `trust` allows. `Ok(None)` means no server is there: the path
+/// does not exist, or is a stale socket nobody listens on.
 ///
 /// # Errors
 ///
 /// `InvalidInput` if the path is not a socket or its directory does not
-/// exist; otherwise what the connection or the message reports.
-pub(crate) async fn connect(path: &Path) -> io::Result<Option<(Predecessor, Sockets)>> {
+/// exist; `PermissionDenied` if the server there is not trusted (nothing
+/// is received from it); otherwise what the connection or the message
+/// reports.
+pub(crate) async fn connect(
+    path: &Path,
+    trust: &Trust,
+    timeout: Duration,
+) -> io::Result<Option<(Predecessor, Sockets)>> {
     check_path(path)?;
     let conn = match UnixStream::connect(path).await {
         Ok(conn) => conn,
@@ -82,7 +133,15 @@ pub(crate) async fn connect(path: &Path) -> io::Result<Option<(Predecessor, Sock
         }
         Err(e) => return Err(e),
     };
-    let (sockets, listener) = receive(&conn).await?;
+    trust.check(&conn, "predecessor on the handoff path")?;
+    let (sockets, listener) = tokio::time::timeout(timeout, receive(&conn))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the server on the handoff path sent nothing within {timeout:?}"),
+            )
+        })??;
     Ok(Some((Predecessor { conn, listener }, sockets)))
 }
 
@@ -154,6 +213,15 @@ async fn receive(conn: &UnixStream) -> io::Result<(Sockets, Socket)> {
         })
         .await?;
     let text = std::str::from_utf8(&text[..len]).map_err(|_| bad_message("not text"))?;
+    if let Some(why) = text.strip_prefix(REFUSED) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the server on the handoff path refused this process{}",
+                why.trim_end()
+            ),
+        ));
+    }
     let mut lines = text.lines();
     let count: usize = lines
         .next()
@@ -219,23 +287,30 @@ pub(crate) struct Handoff {
     pub(crate) timeout: Duration,
     /// The backlog to restore on received sockets (see [`Handoff::restore_backlog`]).
     pub(crate) backlog: i32,
+    pub(crate) trust: Trust,
+    /// The handoff path, for the log.
+    pub(crate) path: PathBuf,
 }
 
 impl Handoff {
     /// Serves the handoff path until a successor takes over or the drain
-    /// starts.
+    /// starts. Each connection is handled on its own, bounded by the
+    /// timeout; the first successor to say it is ready takes over, and the
+    /// others are closed.
     pub(crate) async fn serve(self, listener: UnixListener) {
-        tracing::info!(path = ?listener.local_addr().ok(), "serving the handoff path for a successor");
+        tracing::info!(path = %self.path.display(), "serving the handoff path for a successor");
         let draining = self.watch.draining();
         tokio::pin!(draining);
+        let mut attempts = FuturesUnordered::new();
         loop {
             tokio::select! {
                 () = &mut draining => return,
+                Some(result) = attempts.next() => match result {
+                    Ok(()) => return,
+                    Err(error) => tracing::warn!(%error, "handoff to a successor failed; still serving"),
+                },
                 accepted = listener.accept() => match accepted {
-                    Ok((conn, _)) => match self.hand_over(conn, &listener).await {
-                        Ok(()) => return,
-                        Err(error) => tracing::warn!(%error, "handoff to a successor failed; still serving"),
-                    },
+                    Ok((conn, _)) => attempts.push(self.hand_over(conn, &listener)),
                     Err(error) => {
                         tracing::warn!(%error, "cannot accept a successor");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -257,6 +332,12 @@ impl Handoff {
     }
 
     async fn hand_over(&self, mut conn: UnixStream, listener: &UnixListener) -> io::Result<()> {
+        if let Err(refused) = self.trust.check(&conn, "successor") {
+            let _ = conn
+                .write_all(format!("{REFUSED}: {refused}\n").as_bytes())
+                .await;
+            return Err(refused);
+        }
         tracing::info!(
             sockets = self.sockets.len(),
             "a successor connected; sending the listeners"
@@ -311,14 +392,38 @@ impl Handoff {
     }
 }
 
-/// Listens on `path`, replacing a stale socket there in one step: bound
-/// beside it, then renamed over it.
-pub(crate) fn listen(path: &Path) -> io::Result<UnixListener> {
+/// Listens on `path` with the socket file's permissions `mode` (whatever
+/// the umask), replacing a stale socket there in one step: bound beside it,
+/// given its mode, then renamed over it. Warns if others may replace the
+/// file: its directory is writable by them without the sticky bit.
+pub(crate) fn listen(path: &Path, mode: u32) -> io::Result<UnixListener> {
     let mut beside = path.as_os_str().to_owned();
     beside.push(format!(".{}.tmp", std::process::id()));
     let beside = PathBuf::from(beside);
     let _ = std::fs::remove_file(&beside);
     let listener = UnixListener::bind(&beside)?;
+    std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&beside, path)?;
+    warn_if_others_may_replace(path);
     Ok(listener)
+}
+
+/// Warns when the directory of `path` lets others replace the file there
+/// (writable by others, without the sticky bit).
+fn warn_if_others_may_replace(path: &Path) {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", mode & 0o7777),
+                "the handoff path's directory is writable by others without the sticky bit: \
+                 anyone can replace the socket; use a private directory (systemd: RuntimeDirectory=)",
+            );
+        }
+    }
 }

@@ -52,13 +52,16 @@ use tokio::{
 use crate::{
     activation,
     bind::BindOptions,
-    handoff::{self, Handoff, Predecessor, MAX_SOCKETS},
+    handoff::{self, Handoff, Predecessor, Trust, MAX_SOCKETS},
     shared::SharedSocket,
     GracefulAccept, Watch,
 };
 
 /// Default [`ListenersBuilder::handoff_timeout`].
 const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default [`ListenersBuilder::handoff_mode`]: the owner alone.
+const DEFAULT_HANDOFF_MODE: u32 = 0o600;
 
 /// Where a server's listening sockets came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +99,8 @@ pub struct ListenersBuilder {
     addresses: Vec<(String, Address)>,
     handoff: Option<PathBuf>,
     handoff_timeout: Duration,
+    handoff_mode: u32,
+    trust: Trust,
     bind: BindOptions,
 }
 
@@ -116,6 +121,8 @@ impl Listeners {
             addresses: Vec::new(),
             handoff: None,
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
+            handoff_mode: DEFAULT_HANDOFF_MODE,
+            trust: Trust::default(),
             bind: BindOptions::default(),
         }
     }
@@ -230,6 +237,32 @@ impl ListenersBuilder {
         self
     }
 
+    /// The permissions of the socket file this server creates on the
+    /// handoff path, whatever the umask. Default `0o600`: the owner alone
+    /// may connect (connecting to a Unix socket needs write permission on
+    /// it, `unix(7)`).
+    pub fn handoff_mode(mut self, mode: u32) -> Self {
+        self.handoff_mode = mode;
+        self
+    }
+
+    /// Also hands sockets to, and takes them from, processes whose effective
+    /// uid is `uid`. By default only processes of this one's effective uid
+    /// and root take part in a handoff; the peer is identified by the kernel
+    /// (`SO_PEERCRED` on Linux, `getpeereid` elsewhere), and a refused one is
+    /// logged with its pid and uid.
+    pub fn handoff_allow_uid(mut self, uid: u32) -> Self {
+        self.trust.uids.push(uid);
+        self
+    }
+
+    /// Also hands sockets to, and takes them from, processes whose effective
+    /// gid is `gid` (see [`handoff_allow_uid`](Self::handoff_allow_uid)).
+    pub fn handoff_allow_gid(mut self, gid: u32) -> Self {
+        self.trust.gids.push(gid);
+        self
+    }
+
     /// Binds TCP sockets with `SO_REUSEPORT`, so that an independent
     /// successor can bind the same port. Default off.
     pub fn reuse_port(mut self, reuse_port: bool) -> Self {
@@ -266,7 +299,10 @@ impl ListenersBuilder {
     /// `InvalidInput` for bad input: an inherited descriptor that is not a
     /// listening stream socket, a name the inherited or received sockets
     /// lack, a handoff path that is not a socket or whose directory does not
-    /// exist. Otherwise what binding or the handoff reports.
+    /// exist. `PermissionDenied` if the server on the handoff path is a
+    /// process this one does not trust (see
+    /// [`handoff_allow_uid`](Self::handoff_allow_uid)): nothing is taken from
+    /// it. Otherwise what binding or the handoff reports.
     pub async fn open(self, watch: &Watch) -> io::Result<Listeners> {
         if self.addresses.len() > MAX_SOCKETS {
             return Err(invalid(format!("at most {MAX_SOCKETS} listeners")));
@@ -303,13 +339,15 @@ impl ListenersBuilder {
                 watch: watch.clone(),
                 timeout: self.handoff_timeout,
                 backlog: self.bind.backlog,
+                trust: self.trust.clone(),
+                path: path.clone(),
             };
             match successor {
                 Some(predecessor) => {
                     tokio::spawn(take_over(predecessor, handoff, accepting, sockets.len()));
                 }
                 None => {
-                    let listener = handoff::listen(path).map_err(|e| {
+                    let listener = handoff::listen(path, self.handoff_mode).map_err(|e| {
                         let path = path.display();
                         io::Error::new(
                             e.kind(),
@@ -352,7 +390,7 @@ impl ListenersBuilder {
 
     async fn connect(&self) -> io::Result<Option<(Predecessor, handoff::Sockets)>> {
         match &self.handoff {
-            Some(path) => handoff::connect(path).await,
+            Some(path) => handoff::connect(path, &self.trust, self.handoff_timeout).await,
             None => Ok(None),
         }
     }

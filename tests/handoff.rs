@@ -44,21 +44,8 @@ async fn silent_successor_times_out_and_the_server_keeps_serving() {
     assert!(!watch.is_draining());
     assert!(one_request(server.addr, "/").await.is_ok());
 
-    let successor = Watch::new();
-    let mut taken = Listeners::builder()
-        .tcp("http", server.addr)
-        .handoff(&path)
-        .open(&successor)
-        .await
-        .unwrap();
-    assert_eq!(taken.origin(), Origin::Predecessor);
-    let next = Server::serve(taken.tcp("http").unwrap());
-    let report = server.stopped().await;
-    assert_eq!(report.listeners_shared, 1);
+    let report = take_over_and_stop(server, &path).await;
     assert_eq!(report.accepted_from_queue, 0);
-    assert!(one_request(next.addr, "/").await.is_ok());
-    successor.trigger();
-    next.stopped().await;
 }
 
 /// A socket inherited or handed over is closed without draining at the

@@ -130,7 +130,8 @@ pub(crate) async fn listen(
     }
     let opened = builder.open(watch).await;
     let mut listeners = opened.map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidInput => {
+        // Bad input, or a handoff path held by a process not to be trusted.
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::PermissionDenied => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }

@@ -174,6 +174,29 @@ impl Server {
     }
 }
 
+/// A successor in this process takes `server`'s socket over through the
+/// handoff `path` and serves a request; then it drains too. Returns the old
+/// server's report, which must count the socket left to the successor.
+pub async fn take_over_and_stop(server: Server, path: &std::path::Path) -> DrainReport {
+    use tower_drain::restart::{Listeners, Origin};
+
+    let successor = Watch::new();
+    let mut taken = Listeners::builder()
+        .tcp("http", server.addr)
+        .handoff(path)
+        .open(&successor)
+        .await
+        .unwrap();
+    assert_eq!(taken.origin(), Origin::Predecessor);
+    let next = Server::serve(taken.tcp("http").unwrap());
+    let report = server.stopped().await;
+    assert_eq!(report.listeners_shared, 1, "{report}");
+    assert!(one_request(next.addr, "/").await.is_ok());
+    successor.trigger();
+    next.stopped().await;
+    report
+}
+
 /// What became of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -37,6 +37,8 @@ pub struct Process {
     /// The server's stderr, line by line, read by a task that never stops,
     /// so the server never blocks on a full pipe.
     pub log: mpsc::UnboundedReceiver<String>,
+    /// The log lines up to the one that says the server listens.
+    pub startup: Vec<String>,
     pub addr: SocketAddr,
 }
 
@@ -81,9 +83,20 @@ impl Process {
         let mut process = Self {
             child,
             log,
+            startup: Vec::new(),
             addr: localhost(),
         };
-        let line = process.wait_for_log("listening").await;
+        let line = within("the server to listen", async {
+            loop {
+                let line = process.log.recv().await;
+                let line = line.unwrap_or_else(|| panic!("the log ended before it listened"));
+                process.startup.push(line.clone());
+                if line.contains("listening") {
+                    return line;
+                }
+            }
+        })
+        .await;
         let addr = line
             .split("addr=")
             .nth(1)
@@ -107,6 +120,11 @@ impl Process {
             }
         })
         .await
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
     }
 
     pub fn signal(&self, name: &str) {
