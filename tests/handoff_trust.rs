@@ -120,32 +120,28 @@ async fn successor_of_another_user_is_refused() {
     take_over_and_stop(server, &path).await;
 }
 
-/// Another user's process squatting the handoff path (listening there
-/// first, its socket open to anyone) is refused by a new server before it
-/// takes anything from it: the reference server exits 2 with a clear error.
+/// Another user's server squatting the handoff path (listening there
+/// first) is refused by a new server before it takes anything from it: the
+/// reference server exits 2 with a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn squatter_of_another_user_is_refused() {
     let path = open_dir("squatter");
-    let squat = format!(
-        "import os, socket, sys\n\
-         s = socket.socket(socket.AF_UNIX)\n\
-         s.bind({path:?})\n\
-         os.chmod({path:?}, 0o777)\n\
-         s.listen()\n\
-         print('listening', flush=True)\n\
-         conn, _ = s.accept()\n\
-         sys.stdin.read()\n",
-        path = path.to_str().unwrap()
-    );
-    let mut squatter = as_nobody(Path::new("/usr/bin/python3"))
-        .args(["-c", &squat])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+    let mut squatter = as_nobody(&server_binary())
+        .args(["--addr", "127.0.0.1:0", "--handoff"])
+        .arg(&path)
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut said = BufReader::new(squatter.stdout.take().unwrap()).lines();
-    let line = within("the squatter to listen", said.next_line()).await;
-    assert_eq!(line.unwrap().as_deref(), Some("listening"));
+    let mut log = BufReader::new(squatter.stderr.take().unwrap()).lines();
+    within("the squatter to listen", async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("listening") {
+                return;
+            }
+        }
+        panic!("the squatter exited before it listened");
+    })
+    .await;
 
     let (status, stderr) = process::run_with(
         "",
@@ -158,10 +154,7 @@ async fn squatter_of_another_user_is_refused() {
         stderr.contains("refused a predecessor on the handoff path of uid 65534"),
         "{stderr}"
     );
-    drop(squatter.stdin.take());
-    within("the squatter to exit", squatter.wait())
-        .await
-        .unwrap();
+    squatter.kill().await.unwrap();
 }
 
 /// What a hostile client on the handoff path does.
