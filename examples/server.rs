@@ -5,7 +5,9 @@
 //! ```
 //!
 //! Routes: `GET /` answers `hello`; `GET /slow?ms=N` answers after N
-//! milliseconds; `GET /healthz` answers 200 while running and 503 (with
+//! milliseconds; `POST /upload` reads the whole body (up to 64 MiB, 413
+//! beyond) and answers its length and SHA-256 in hex; `GET /healthz` answers
+//! 200 while running (and through a restart's drain) and 503 (with
 //! `Retry-After`) from the signal on; `GET /events` sends server-sent events
 //! (`data: tick N` every 100 ms) and, when the drain starts, `event: close`
 //! then ends; `GET /ws` echoes WebSocket messages and, when the drain

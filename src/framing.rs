@@ -116,7 +116,9 @@ impl Head {
     /// first line end that is not the head's last, and how it ended.
     fn read(&mut self, bytes: &[u8], insert: bool) -> (usize, Option<usize>, Option<HeadEnd>) {
         let mut start = 0;
-        let mut insert_at = None;
+        // At the start of a header line (the head's lines so far all ended
+        // in earlier reads), a header line may go first.
+        let mut insert_at = (insert && self.line_len == 0 && !self.request_line).then_some(0);
         while let Some(end) = find_line_end(bytes, start) {
             let line = &bytes[start..end];
             start = end + 1;
@@ -310,8 +312,10 @@ impl Framing {
     }
 
     /// Follows `bytes`, read after everything before. With `insert`, says
-    /// where in them a header line can go into a request head: just after
-    /// the first line end inside a head that is not the head's last.
+    /// where in them a header line can go into a request head: at the first
+    /// start of a header line, which is just after the first line end inside
+    /// a head that is not the head's last, or at the start of `bytes` when
+    /// the head's lines so far ended before them.
     pub(crate) fn read(&mut self, mut bytes: &[u8], insert: bool) -> Option<usize> {
         let mut insert_at = None;
         let mut offset = 0;
@@ -484,9 +488,11 @@ mod tests {
         let step = framing.read(b"b HTTP/1.1\r\n\r\n", true);
         assert_eq!(step, Some(12));
         assert_eq!(framing.position(), Position::Between);
-        // Only a non-empty line: never after the blank line that ends a head.
+        // Before the blank line of a head whose other lines came earlier;
+        // never after the blank line that ends a head.
         let mut framing = Framing::new();
         framing.read(b"GET / HTTP/1.1\r\n", false);
-        assert_eq!(framing.read(b"\r\n", true), None);
+        assert_eq!(framing.read(b"\r\nGET / HTTP/1.1", true), Some(0));
+        assert_eq!(framing.read(b"\r\n\r\n", true), Some(2));
     }
 }

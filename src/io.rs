@@ -255,13 +255,14 @@ impl Requests {
         self.enter(match (now, closing) {
             (Position::Head, _) if after_first => READING_NEXT_HEAD,
             (Position::Head, _) => READING_HEAD,
+            (Position::Body, _) => RECEIVING_BODY,
             (_, true) => RETIRING,
             (Position::Between, false) => BETWEEN,
-            _ => SERVING,
+            (Position::Lost, false) => SERVING,
         });
         if matches!(
             (closing, now),
-            (_, Position::Lost) | (true, Position::Between | Position::Body)
+            (_, Position::Lost) | (true, Position::Between)
         ) {
             self.stage = Stage::Done;
         }
@@ -330,8 +331,8 @@ impl Drop for Requests {
 pub(crate) struct Slot {
     /// The task last blocked on the connection, woken when it is closed.
     waker: AtomicWaker,
-    /// `SILENT`, `SERVING`, `READING_HEAD`, `READING_NEXT_HEAD`, `BETWEEN`,
-    /// `RETIRING`, or one
+    /// `SILENT`, `SERVING`, `READING_HEAD`, `READING_NEXT_HEAD`,
+    /// `RECEIVING_BODY`, `BETWEEN`, `RETIRING`, or one
     /// of the closed states, which are final. Transitions are
     /// compare-exchanges, so a connection whose head completes as the drain
     /// closes it is either closed or serving, and counted once. The waker
@@ -354,15 +355,17 @@ pub(crate) const READING_HEAD: u8 = 2;
 /// hyper drops it unanswered if its graceful shutdown starts before the
 /// head is whole.
 pub(crate) const READING_NEXT_HEAD: u8 = 3;
+/// An HTTP/1 connection whose request body is still arriving.
+pub(crate) const RECEIVING_BODY: u8 = 4;
 /// An HTTP/1 connection that has read whole requests only: between two
 /// requests as far as its client is concerned, once its response is out.
-pub(crate) const BETWEEN: u8 = 4;
+pub(crate) const BETWEEN: u8 = 5;
 /// An HTTP/1 connection whose current request carries `Connection: close`:
 /// the server closes it after that response.
-pub(crate) const RETIRING: u8 = 5;
-const FORCED: u8 = 6;
-const HEAD_CUT_OFF: u8 = 7;
-const SILENCE_CUT_OFF: u8 = 8;
+pub(crate) const RETIRING: u8 = 6;
+const FORCED: u8 = 7;
+const HEAD_CUT_OFF: u8 = 8;
+const SILENCE_CUT_OFF: u8 = 9;
 
 impl Slot {
     pub(crate) fn new() -> Self {

@@ -66,6 +66,10 @@ pub struct DrainReport {
     pub requests_aborted: usize,
     /// Connections still open when the drain was forced, and so closed.
     pub connections_forced: usize,
+    /// Of the connections forced, HTTP/1 connections (tracked by
+    /// [`GracefulAccept`](crate::GracefulAccept)) whose request body was
+    /// still arriving: requests cut off, never completed.
+    pub bodies_cut_off: usize,
     /// Why the drain was forced, or `None` if it ended cleanly.
     pub forced: Option<ForceCause>,
     /// From the trigger until every listener had drained its queue and closed.
@@ -142,7 +146,7 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} keep-alive connections retired by a response, {} closed between requests, {} connections forced",
+            "{} drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} keep-alive connections retired by a response, {} closed between requests, {} request bodies cut off, {} connections forced",
             self.kind,
             self.total(),
             self.closing_listeners,
@@ -155,6 +159,7 @@ impl fmt::Display for DrainReport {
             self.heads_cut_off,
             self.connections_retired,
             self.connections_closed_between_requests,
+            self.bodies_cut_off,
             self.connections_forced,
         )?;
         match self.forced {

@@ -27,7 +27,7 @@ use tokio::{
 
 use crate::{
     future::{Drained, Draining, ListenersClosed, ShutdownSignal},
-    io::{Slot, BETWEEN, READING_NEXT_HEAD, RETIRING},
+    io::{Slot, BETWEEN, READING_NEXT_HEAD, RECEIVING_BODY, RETIRING},
     observer::Observer,
     report::{DrainKind, DrainReport, ForceCause},
     shared::SharedSocket,
@@ -534,6 +534,8 @@ pub(crate) struct Inner {
     /// HTTP/1 connections closed after a request that the drain marked
     /// `Connection: close`.
     connections_retired: AtomicUsize,
+    /// Request bodies still arriving when the drain was forced.
+    bodies_cut_off: AtomicUsize,
     /// HTTP/1 connections closed between requests after the trigger.
     connections_closed_between_requests: AtomicUsize,
     /// Woken on every change a waiter may be waiting for.
@@ -575,6 +577,7 @@ impl Inner {
             heads_expired: AtomicBool::new(false),
             heads_cut_off: AtomicUsize::new(0),
             connections_retired: AtomicUsize::new(0),
+            bodies_cut_off: AtomicUsize::new(0),
             connections_closed_between_requests: AtomicUsize::new(0),
             notify: Arc::new(Notify::new()),
             timeline: Mutex::default(),
@@ -891,7 +894,12 @@ impl Inner {
         }
         let connections = self.lock_connections();
         let open = connections.len();
+        let bodies = connections
+            .iter()
+            .filter(|(_, slot)| slot.state() == RECEIVING_BODY)
+            .count();
         timeline.forced = Some((Instant::now(), cause, open));
+        self.bodies_cut_off.store(bodies, SeqCst);
         drop(timeline);
         tracing::warn!(
             %cause,
@@ -962,6 +970,7 @@ impl Inner {
             requests_completed: self.requests_completed.load(SeqCst),
             requests_aborted: self.requests_aborted.load(SeqCst),
             connections_forced: timeline.forced.map_or(0, |(_, _, open)| open),
+            bodies_cut_off: self.bodies_cut_off.load(SeqCst),
             forced: timeline.forced.map(|(_, cause, _)| cause),
             closing_listeners: listeners_closed - started,
             closing_connections: now.saturating_duration_since(listeners_closed),

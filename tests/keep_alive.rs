@@ -201,7 +201,7 @@ async fn next_request_head_in_progress_holds_the_shutdown_signal() {
         .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\nGET / HT")
         .await
         .unwrap();
-    let first = read_until(&mut stream, b"hello").await;
+    let first = common::read_until(&mut stream, b"hello").await;
     assert!(!first.contains("connection: close"), "{first}");
     server.watch.trigger();
     within("the listener to close", server.watch.listeners_closed()).await;
@@ -224,18 +224,4 @@ async fn next_request_head_in_progress_holds_the_shutdown_signal() {
     let report = server.stopped().await;
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.connections_retired, 1, "{report}");
-}
-
-/// Reads from `stream` until what it read ends with `end`.
-async fn read_until(stream: &mut TcpStream, end: &[u8]) -> String {
-    use tokio::io::AsyncReadExt;
-
-    let mut read = Vec::new();
-    while !read.ends_with(end) {
-        let mut buf = [0; 1024];
-        let n = within("an answer", stream.read(&mut buf)).await.unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&read));
-        read.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8(read).unwrap()
 }

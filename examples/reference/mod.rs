@@ -7,20 +7,23 @@ use std::{
 };
 
 use axum::{
+    body::Body,
     extract::{
         ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade},
         Query, State,
     },
+    http::StatusCode,
     response::{
         sse::{Event, Sse},
         Response,
     },
-    routing::get,
+    routing::{get, post},
     serve::Listener,
     Router,
 };
-use futures_util::{stream, Stream};
+use futures_util::{stream, Stream, StreamExt};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tower_drain::{
     axum::TrackedConnection,
@@ -150,14 +153,16 @@ pub(crate) async fn listen(
         .map_err(|e| fail(format!("cannot serve the socket: {e}")))
 }
 
-/// `GET /` → `hello`; `GET /slow?ms=N` → after N ms; `GET /healthz` → 200
-/// while running (and through a restart's drain), 503 from the trigger on;
-/// `GET /events` → server-sent
-/// events until the drain; `GET /ws` → WebSocket echo until the drain.
+/// `GET /` → `hello`; `GET /slow?ms=N` → after N ms; `POST /upload` → the
+/// body's length and SHA-256; `GET /healthz` → 200 while running (and
+/// through a restart's drain), 503 from the trigger on; `GET /events` →
+/// server-sent events until the drain; `GET /ws` → WebSocket echo until the
+/// drain.
 pub(crate) fn app(watch: &Watch) -> Router {
     Router::new()
         .route("/", get(|| async { "hello" }))
         .route("/slow", get(slow))
+        .route("/upload", post(upload))
         .route("/events", get(events))
         .route("/ws", get(ws))
         .route_service("/healthz", Readiness::new(watch.observer()))
@@ -173,6 +178,28 @@ async fn slow(Query(Slow { ms }): Query<Slow>) -> String {
     tracing::info!(ms, "slow request started");
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("slept {ms} ms")
+}
+
+/// The largest body `POST /upload` reads, in bytes: a larger one is answered
+/// 413 as soon as it is seen to be larger.
+pub(crate) const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads the whole body as it arrives and answers `LENGTH SHA256-HEX`, so a
+/// client can check that nothing was lost: 413 past [`UPLOAD_LIMIT`], 400 if
+/// the body fails (the client went away, or sent a malformed body).
+async fn upload(body: Body) -> Result<String, StatusCode> {
+    let mut data = body.into_data_stream();
+    let (mut length, mut hash) = (0, Sha256::new());
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
+        length += chunk.len();
+        if length > UPLOAD_LIMIT {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        hash.update(&chunk);
+    }
+    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{length} {hex}\n"))
 }
 
 /// `data: tick N` every 100 ms; when the drain starts, `event: close` with

@@ -174,6 +174,19 @@ impl Server {
     }
 }
 
+/// Reads from `stream` until what it read ends with `end`; fails if the
+/// server closes the connection first.
+pub async fn read_until(stream: &mut TcpStream, end: &[u8]) -> String {
+    let mut read = Vec::new();
+    while !read.ends_with(end) {
+        let mut buf = [0; 1024];
+        let n = within("an answer", stream.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&read));
+        read.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(read).unwrap()
+}
+
 /// A successor in this process takes `server`'s socket over through the
 /// handoff `path` and serves a request; then it drains too. Returns the old
 /// server's report, which must count the socket left to the successor.
