@@ -552,6 +552,10 @@ impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
             ..
         } = this.token;
         requests.poll_read(cx, buf, |cx, buf| {
+            // The task that reads drives the connection: a force wakes it
+            // even when the server reads no more (a request pipelined behind
+            // a slow one sits in its buffer), and its next flush fails.
+            slot.waker.register(cx.waker());
             guard(slot, inner, cx, |cx| io.poll_read(cx, buf))
         })
     }

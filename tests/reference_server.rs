@@ -204,3 +204,23 @@ async fn connections_reset_in_the_queue_are_reported_and_exit_one() {
     );
     assert_eq!(server.exit().await.code(), Some(1));
 }
+
+/// The deadline holds even when the server reads no more from a
+/// connection: a request pipelined behind one that would take an hour sits
+/// in hyper's buffer, yet at the deadline the connection is closed and the
+/// server exits (1, forced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_holds_for_a_request_pipelined_behind_a_slow_one() {
+    let mut server = Process::start("", "--grace 2").await;
+    let mut pipelined = request("/slow?ms=3600000");
+    pipelined.extend(request("/"));
+    let _client = connect_and_send(server.addr, &pipelined).await.unwrap();
+    server.wait_for_log("slow request started").await;
+    server.signal("TERM");
+    let stopped = server.wait_for_log("stopped").await;
+    assert!(
+        stopped.contains("1 connections forced (deadline)"),
+        "{stopped}"
+    );
+    assert_eq!(server.exit().await.code(), Some(1));
+}
