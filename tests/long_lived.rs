@@ -66,3 +66,33 @@ async fn websocket_is_closed_going_away() {
     }
     assert_eq!(server.exit().await.code(), Some(0));
 }
+
+/// A WebSocket client that never answers the server's Close holds the
+/// drain for the close timeout (1 s), not to the deadline: the server
+/// closes the connection and exits 0, nothing forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_client_that_never_answers_close_is_let_go() {
+    let mut server = Process::start("", "--grace 3600").await;
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut stream = connect_and_send(server.addr, upgrade.as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut stream, b"\r\n\r\n").await;
+
+    server.signal("TERM");
+    // Reads the Close frame and waits, answering nothing, for the server to
+    // close the connection.
+    let mut received = Vec::new();
+    within("the server to close", stream.read_to_end(&mut received))
+        .await
+        .unwrap();
+    assert_eq!(
+        received.get(..4),
+        Some(&[0x88, 0x11, 0x03, 0xe9][..]),
+        "Close 1001"
+    );
+    let stopped = server.wait_for_log("stopped").await;
+    assert!(stopped.ends_with(", 0 connections forced"), "{stopped}");
+    assert_eq!(server.exit().await.code(), Some(0));
+}

@@ -219,8 +219,12 @@ async fn ws(State(observer): State<Observer>, upgrade: WebSocketUpgrade) -> Resp
     upgrade.on_upgrade(move |socket| echo(socket, observer))
 }
 
+/// How long `/ws` waits for the client's answer to its Close.
+const WEBSOCKET_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Echoes messages until the drain starts, then sends Close 1001 ("going
-/// away") and reads on until the client answers it.
+/// away") and reads on until the client answers it, at most
+/// [`WEBSOCKET_CLOSE_TIMEOUT`].
 async fn echo(mut socket: WebSocket, observer: Observer) {
     let draining = observer.draining();
     tokio::pin!(draining);
@@ -243,8 +247,11 @@ async fn echo(mut socket: WebSocket, observer: Observer) {
         reason: "server draining".into(),
     };
     if socket.send(Message::Close(Some(going_away))).await.is_ok() {
-        // The client's Close ends the stream; the deadline bounds the wait.
-        while let Some(Ok(_)) = socket.recv().await {}
+        // The client's Close ends the stream; one that never answers is let
+        // go after the close timeout (RFC 6455 §7.1.1 lets the server close
+        // the TCP connection then), not held to the deadline.
+        let answered = async { while let Some(Ok(_)) = socket.recv().await {} };
+        let _ = tokio::time::timeout(WEBSOCKET_CLOSE_TIMEOUT, answered).await;
     }
 }
 
