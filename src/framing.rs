@@ -1,7 +1,8 @@
 //! Where one HTTP/1 request ends and the next begins, followed in the bytes a
 //! connection reads: what tells a keep-alive connection between requests from
 //! one receiving a request, and where the drain may add a header to the next
-//! request head.
+//! request head. For HTTP/2, [`FirstStream`] tells whether the client has
+//! opened a stream at all.
 //!
 //! It follows the message framing of RFC 9112: a head ends at its blank line
 //! (§2.1); the body that follows is as long as `Content-Length` says, or
@@ -402,6 +403,50 @@ impl Chunk {
     }
 }
 
+/// Whether an HTTP/2 client has opened a stream, followed in the frames it
+/// sends after the connection preface (RFC 9113 §4.1: a 9-byte header
+/// whose first three bytes are the payload length and fourth the type): its
+/// first HEADERS frame opens one.
+#[derive(Debug, Default)]
+pub(crate) struct FirstStream {
+    /// The frame header read so far.
+    header: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame left to skip.
+    skip: usize,
+}
+
+/// The HEADERS frame type (RFC 9113 §6.2).
+const HEADERS: u8 = 0x1;
+
+impl FirstStream {
+    /// Follows `bytes`, read after everything before; whether a stream has
+    /// been opened.
+    pub(crate) fn read(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let skipped = self.skip.min(bytes.len());
+                self.skip -= skipped;
+                bytes = &bytes[skipped..];
+                continue;
+            }
+            let taken = (9 - self.have).min(bytes.len());
+            self.header[self.have..self.have + taken].copy_from_slice(&bytes[..taken]);
+            self.have += taken;
+            bytes = &bytes[taken..];
+            if self.have == 9 {
+                if self.header[3] == HEADERS {
+                    return true;
+                }
+                let [a, b, c, ..] = self.header;
+                self.skip = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+                self.have = 0;
+            }
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +496,28 @@ mod tests {
                     .map(|i| from + i);
                 assert_eq!(find_line_end(bytes, from), expected, "{from}..{end}");
             }
+        }
+    }
+
+    #[test]
+    fn the_first_headers_frame_opens_a_stream_in_pieces_of_any_size() {
+        // SETTINGS (6 bytes of payload), WINDOW_UPDATE (4), then HEADERS.
+        let frames = [
+            &[0, 0, 6, 4, 0, 0, 0, 0, 0][..],
+            &[0, 3, 0, 0, 0, 100],
+            &[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            &[0, 0, 1, HEADERS, 4, 0, 0, 0, 1, 0x82],
+        ]
+        .concat();
+        let headers_at = frames.len() - 10;
+        for size in 1..=frames.len() {
+            let mut first = FirstStream::default();
+            let opened_at = frames
+                .chunks(size)
+                .enumerate()
+                .find(|(_, piece)| first.read(piece))
+                .map(|(i, _)| i);
+            assert_eq!(opened_at, Some((headers_at + 8) / size), "pieces of {size}");
         }
     }
 

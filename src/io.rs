@@ -20,7 +20,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
-    framing::{Framing, Position},
+    framing::{FirstStream, Framing, Position},
     watch::Inner,
 };
 
@@ -158,6 +158,8 @@ enum Stage {
     /// HTTP/1: where its requests stand, and whether `Connection: close`
     /// was added to one.
     Http1 { framing: Framing, closing: bool },
+    /// HTTP/2, no stream opened yet.
+    Http2(FirstStream),
     /// HTTP/2, past the request that carries `Connection: close`, past what
     /// the framing can follow, or ended.
     Done,
@@ -228,11 +230,14 @@ impl Requests {
                 } else if matched + n < H2_PREFACE.len() {
                     self.stage = Stage::Protocol(matched + n);
                 } else {
-                    self.stage = Stage::Done;
                     self.inner.first_byte_read();
+                    self.stage = Stage::Http2(FirstStream::default());
+                    self.enter(H2_NO_STREAM);
+                    self.watch_for_a_stream(&buf.filled()[before + n..]);
                 }
             }
             Stage::Http1 { .. } => self.follow(buf, before),
+            Stage::Http2(_) => self.watch_for_a_stream(&buf.filled()[before..]),
             Stage::Encrypted => self.end(),
             Stage::Done => {}
         }
@@ -265,6 +270,19 @@ impl Requests {
             (_, Position::Lost) | (true, Position::Between)
         ) {
             self.stage = Stage::Done;
+        }
+    }
+
+    /// Follows HTTP/2 frames until the client opens a stream: until then the
+    /// drain may close the connection once it has been accepted for the
+    /// first-byte grace, as it does a silent one.
+    fn watch_for_a_stream(&mut self, bytes: &[u8]) {
+        let Stage::Http2(first) = &mut self.stage else {
+            unreachable!("watching HTTP/2");
+        };
+        if first.read(bytes) {
+            self.stage = Stage::Done;
+            self.enter(SERVING);
         }
     }
 
@@ -310,7 +328,7 @@ impl Requests {
                 self.inner.first_byte_read();
             }
             Stage::Protocol(_) => self.inner.first_byte_read(),
-            Stage::Http1 { .. } => self.enter(SERVING),
+            Stage::Http1 { .. } | Stage::Http2(_) => self.enter(SERVING),
             Stage::Done => {}
         }
     }
@@ -332,7 +350,7 @@ pub(crate) struct Slot {
     /// The task last blocked on the connection, woken when it is closed.
     waker: AtomicWaker,
     /// `SILENT`, `SERVING`, `READING_HEAD`, `READING_NEXT_HEAD`,
-    /// `RECEIVING_BODY`, `BETWEEN`, `RETIRING`, or one
+    /// `RECEIVING_BODY`, `BETWEEN`, `RETIRING`, `H2_NO_STREAM`, or one
     /// of the closed states, which are final. Transitions are
     /// compare-exchanges, so a connection whose head completes as the drain
     /// closes it is either closed or serving, and counted once. The waker
@@ -363,9 +381,11 @@ pub(crate) const BETWEEN: u8 = 5;
 /// An HTTP/1 connection whose current request carries `Connection: close`:
 /// the server closes it after that response.
 pub(crate) const RETIRING: u8 = 6;
-const FORCED: u8 = 7;
-const HEAD_CUT_OFF: u8 = 8;
-const SILENCE_CUT_OFF: u8 = 9;
+/// An HTTP/2 connection whose client has opened no stream: nothing to lose.
+const H2_NO_STREAM: u8 = 7;
+const FORCED: u8 = 8;
+const HEAD_CUT_OFF: u8 = 9;
+const SILENCE_CUT_OFF: u8 = 10;
 
 impl Slot {
     pub(crate) fn new() -> Self {
@@ -398,10 +418,11 @@ impl Slot {
         self.cut_off(READING_HEAD, HEAD_CUT_OFF) || self.cut_off(READING_NEXT_HEAD, HEAD_CUT_OFF)
     }
 
-    /// Closes the connection if it is a TLS connection that has not
-    /// received a byte, and says whether it did.
+    /// Closes the connection if it has nothing to lose: a TLS connection
+    /// that has not received a byte, or an HTTP/2 connection whose client
+    /// opened no stream. Says whether it did.
     pub(crate) fn cut_off_silence(&self) -> bool {
-        self.cut_off(SILENT, SILENCE_CUT_OFF)
+        self.cut_off(SILENT, SILENCE_CUT_OFF) || self.cut_off(H2_NO_STREAM, SILENCE_CUT_OFF)
     }
 
     fn cut_off(&self, from: u8, to: u8) -> bool {
@@ -427,7 +448,7 @@ impl Slot {
     fn moved(&self, to: u8) {
         // SeqCst: see `transition`.
         let _ = self.state.fetch_update(SeqCst, SeqCst, |state| {
-            matches!(state, SERVING..=RETIRING).then_some(to)
+            matches!(state, SERVING..=H2_NO_STREAM).then_some(to)
         });
     }
 
@@ -456,13 +477,13 @@ impl Slot {
         // Acquire pairs with the closing store; the waker orders a close that
         // lands after a pending poll's first check.
         match self.state.load(Acquire) {
-            SILENT..=RETIRING => Ok(()),
+            SILENT..=H2_NO_STREAM => Ok(()),
             FORCED => Err(closed("the drain was forced")),
             HEAD_CUT_OFF => Err(closed(
                 "its request head was still incomplete when the request-head grace ran out",
             )),
             _ => Err(closed(
-                "it was still silent when the first-byte grace ran out",
+                "it was still silent (or, on HTTP/2, had opened no stream) when the first-byte grace ran out",
             )),
         }
     }

@@ -713,17 +713,18 @@ impl Inner {
     }
 
     /// Once the newest connection has been accepted for the first-byte
-    /// grace, closes every TLS connection that
-    /// has not received a byte: its handshake would otherwise hold
-    /// [`Watch::shutdown_signal`] until the handshake timeout, and closing
-    /// it loses nothing.
+    /// grace, closes every TLS connection that has not received a byte (its
+    /// handshake would otherwise hold [`Watch::shutdown_signal`] until the
+    /// handshake timeout) and every HTTP/2 connection whose client opened no
+    /// stream (it would hold the drain until the deadline): closing them
+    /// loses nothing.
     async fn cut_off_silent_handshakes(&self) {
         self.sleep_past(Self::first_byte_grace_end).await;
         let cut = self.cut_off_where(Slot::cut_off_silence);
         if cut > 0 {
             tracing::info!(
                 connections = cut,
-                "closed TLS connections silent for the first-byte grace",
+                "closed connections with nothing to lose after the first-byte grace (TLS silent, HTTP/2 without a stream)",
             );
         }
     }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{process::*, *};
-use tokio::net::TcpStream;
+use tokio::{io::AsyncReadExt, net::TcpStream};
 
 /// SIGTERM drains, and so does SIGHUP (whose default would kill the server
 /// mid-request): the request sent just before it is answered, the server
@@ -223,4 +223,25 @@ async fn deadline_holds_for_a_request_pipelined_behind_a_slow_one() {
         "{stopped}"
     );
     assert_eq!(server.exit().await.code(), Some(1));
+}
+
+/// An HTTP/2 client that sends the connection preface and SETTINGS, then
+/// nothing (as pools that dial ahead do), opened no stream: the drain closes
+/// it after the first-byte grace, not at the deadline, and nothing is forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connection_without_a_stream_does_not_hold_the_drain() {
+    let mut server = Process::start("", "--grace 3600").await;
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]); // an empty SETTINGS frame
+    let mut client = connect_and_send(server.addr, &preface).await.unwrap();
+    // The server's SETTINGS: it has read the preface and chosen HTTP/2.
+    let mut settings = [0; 9];
+    within("the server's SETTINGS", client.read_exact(&mut settings))
+        .await
+        .unwrap();
+    assert_eq!(settings[3], 4, "{settings:?}");
+    server.signal("TERM");
+    let stopped = server.wait_for_log("stopped").await;
+    assert!(stopped.ends_with(", 0 connections forced"), "{stopped}");
+    assert_eq!(server.exit().await.code(), Some(0));
 }
