@@ -29,9 +29,8 @@ pub(crate) enum Position {
 #[derive(Debug)]
 pub(crate) struct Framing {
     part: Part,
-    /// Whether a request head has ended: the head being read, if any, is
-    /// not the connection's first.
-    after_first: bool,
+    /// How many request heads have ended.
+    heads: u64,
 }
 
 #[derive(Debug)]
@@ -294,13 +293,13 @@ impl Framing {
     pub(crate) fn new() -> Self {
         Self {
             part: Part::Head(Head::new()),
-            after_first: false,
+            heads: 0,
         }
     }
 
-    /// Whether a request head has ended on this connection.
-    pub(crate) fn after_first(&self) -> bool {
-        self.after_first
+    /// How many request heads have ended on this connection.
+    pub(crate) fn heads(&self) -> u64 {
+        self.heads
     }
 
     pub(crate) fn position(&self) -> Position {
@@ -328,7 +327,7 @@ impl Framing {
                     insert_at = insert_at.or(at.map(|at| offset + at));
                     match end {
                         Some(HeadEnd::Ended) => {
-                            self.after_first = true;
+                            self.heads += 1;
                             if let Some(next) = head.next() {
                                 self.part = next;
                             }

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
     framing::{FirstStream, Framing, Position},
+    linger::{Linger, Lingered},
     watch::Inner,
 };
 
@@ -61,6 +62,7 @@ pin_project! {
         #[pin]
         io: I,
         token: ConnectionToken,
+        linger: Linger,
     }
 }
 
@@ -71,7 +73,11 @@ impl<I> TrackedIo<I> {
 
     /// Wraps a connection that was counted before its `io` existed.
     pub(crate) fn with_token(io: I, token: ConnectionToken) -> Self {
-        Self { io, token }
+        Self {
+            io,
+            token,
+            linger: Linger::default(),
+        }
     }
 
     /// Marks the connection as carrying TLS records: its first byte is still
@@ -155,9 +161,12 @@ enum Stage {
     Encrypted,
     /// No protocol chosen yet: this many bytes of the HTTP/2 preface read.
     Protocol(usize),
-    /// HTTP/1: where its requests stand, and whether `Connection: close`
-    /// was added to one.
-    Http1 { framing: Framing, closing: bool },
+    /// HTTP/1: where its requests stand, and if `Connection: close` was
+    /// added to a request head, how many heads had ended before that one.
+    Http1 {
+        framing: Framing,
+        closing: Option<u64>,
+    },
     /// HTTP/2, no stream opened yet.
     Http2(FirstStream),
     /// HTTP/2, past the request that carries `Connection: close`, past what
@@ -224,7 +233,7 @@ impl Requests {
                     framing.read(&H2_PREFACE[..matched], false);
                     self.stage = Stage::Http1 {
                         framing,
-                        closing: false,
+                        closing: None,
                     };
                     self.follow(buf, before);
                 } else if matched + n < H2_PREFACE.len() {
@@ -250,25 +259,31 @@ impl Requests {
         let Stage::Http1 { framing, closing } = &mut self.stage else {
             unreachable!("following HTTP/1");
         };
-        let insert = !*closing && self.inner.is_triggered();
+        let insert = closing.is_none() && self.inner.is_triggered();
+        // The head `Connection: close` goes into is the one in progress, or
+        // the first to start: either way, the heads before it have ended.
+        let heads_before = framing.heads();
         let insert_at = framing.read(&buf.filled()[before..], insert);
-        *closing |= insert_at.is_some();
-        let (now, after_first, closing) = (framing.position(), framing.after_first(), *closing);
+        if insert_at.is_some() {
+            *closing = Some(heads_before);
+        }
+        let (now, heads, closing) = (framing.position(), framing.heads(), *closing);
         if let Some(at) = insert_at {
             self.insert_connection_close(buf, before + at);
         }
-        self.enter(match (now, closing) {
-            (Position::Head, _) if after_first => READING_NEXT_HEAD,
-            (Position::Head, _) => READING_HEAD,
-            (Position::Body, _) => RECEIVING_BODY,
-            (_, true) => RETIRING,
-            (Position::Between, false) => BETWEEN,
-            (Position::Lost, false) => SERVING,
+        // Once the request that carries `Connection: close` is read (its
+        // body too), the server reads nothing more: stop following.
+        let retiring =
+            closing.is_some_and(|n| heads > n + 1 || heads == n + 1 && now != Position::Body);
+        self.enter(match now {
+            _ if retiring => RETIRING,
+            Position::Head if heads > 0 => READING_NEXT_HEAD,
+            Position::Head => READING_HEAD,
+            Position::Body => RECEIVING_BODY,
+            Position::Between => BETWEEN,
+            Position::Lost => SERVING,
         });
-        if matches!(
-            (closing, now),
-            (_, Position::Lost) | (true, Position::Between)
-        ) {
+        if retiring || now == Position::Lost {
             self.stage = Stage::Done;
         }
     }
@@ -582,7 +597,7 @@ impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
     }
 }
 
-impl<I: AsyncWrite> AsyncWrite for TrackedIo<I> {
+impl<I: AsyncRead + AsyncWrite> AsyncWrite for TrackedIo<I> {
     #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
@@ -599,8 +614,20 @@ impl<I: AsyncWrite> AsyncWrite for TrackedIo<I> {
         this.token.guard(cx, |cx| this.io.poll_flush(cx))
     }
 
+    /// Closes lingering (see [`WatchBuilder::linger`](crate::WatchBuilder::linger)):
+    /// shuts the write side down, then reads and discards what the client
+    /// still sends until it closes too, the linger time has passed, or the
+    /// drain is forced.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        let this = self.project();
+        let ConnectionToken { inner, slot, .. } = this.token;
+        let lingered = guard(slot, inner, cx, |cx| {
+            this.linger.poll_close(this.io, inner.linger_time(), cx)
+        });
+        if ready!(lingered)? == Lingered::CutOff {
+            inner.linger_cut_off();
+        }
+        Poll::Ready(Ok(()))
     }
 
     #[inline]

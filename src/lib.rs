@@ -108,6 +108,7 @@ pub mod future;
 mod handoff;
 mod io;
 pub mod layer;
+mod linger;
 mod listener;
 mod observer;
 mod readiness;

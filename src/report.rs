@@ -70,6 +70,11 @@ pub struct DrainReport {
     /// [`GracefulAccept`](crate::GracefulAccept)) whose request body was
     /// still arriving: requests cut off, never completed.
     pub bodies_cut_off: usize,
+    /// Connections whose lingering close ran out of time while their client
+    /// was still sending (see [`linger`](crate::WatchBuilder::linger)): the
+    /// kernel answers what it sends next with a reset, which can cut off
+    /// responses the client has not read yet.
+    pub lingers_cut_off: usize,
     /// Why the drain was forced, or `None` if it ended cleanly.
     pub forced: Option<ForceCause>,
     /// From the trigger until every listener had drained its queue and closed.
@@ -85,10 +90,11 @@ impl DrainReport {
         self.closing_listeners + self.closing_connections
     }
 
-    /// The drain lost nothing it could see: it was not forced and no
-    /// connection was reset in an accept queue.
+    /// The drain lost nothing it could see: it was not forced, no
+    /// connection was reset in an accept queue, and no lingering close was
+    /// cut off.
     pub fn is_clean(&self) -> bool {
-        self.forced.is_none() && self.reset_in_queue == 0
+        self.forced.is_none() && self.reset_in_queue == 0 && self.lingers_cut_off == 0
     }
 }
 
@@ -146,7 +152,7 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} keep-alive connections retired by a response, {} closed between requests, {} request bodies cut off, {} connections forced",
+            "{} drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} keep-alive connections retired by a response, {} closed between requests, {} request bodies cut off, {} lingering closes cut off, {} connections forced",
             self.kind,
             self.total(),
             self.closing_listeners,
@@ -160,6 +166,7 @@ impl fmt::Display for DrainReport {
             self.connections_retired,
             self.connections_closed_between_requests,
             self.bodies_cut_off,
+            self.lingers_cut_off,
             self.connections_forced,
         )?;
         match self.forced {

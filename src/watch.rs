@@ -45,6 +45,9 @@ const DEFAULT_REQUEST_HEAD_GRACE: Duration = Duration::from_secs(2);
 /// Default [`WatchBuilder::keep_alive_idle`].
 const DEFAULT_KEEP_ALIVE_IDLE: Duration = Duration::from_millis(100);
 
+/// Default [`WatchBuilder::linger`].
+const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+
 /// Where a drain stands. Phases only move forward:
 /// `Running → (LameDuck →) Draining → Drained`, or to `Forced` from
 /// `LameDuck` or `Draining`.
@@ -101,6 +104,7 @@ pub struct WatchBuilder {
     first_byte_grace: Duration,
     request_head_grace: Duration,
     keep_alive_idle: Duration,
+    linger: Duration,
 }
 
 impl Default for WatchBuilder {
@@ -111,6 +115,7 @@ impl Default for WatchBuilder {
             first_byte_grace: DEFAULT_FIRST_BYTE_GRACE,
             request_head_grace: DEFAULT_REQUEST_HEAD_GRACE,
             keep_alive_idle: DEFAULT_KEEP_ALIVE_IDLE,
+            linger: DEFAULT_LINGER,
         }
     }
 }
@@ -201,6 +206,25 @@ impl WatchBuilder {
     /// [`request_head_grace`](WatchBuilder::request_head_grace) at the latest.
     pub fn keep_alive_idle(mut self, idle: Duration) -> Self {
         self.keep_alive_idle = idle;
+        self
+    }
+
+    /// How long a connection the server closes may linger. Default 2 s.
+    ///
+    /// Closing a socket whose client has sent bytes the server has not read
+    /// (requests pipelined behind the last one answered) makes the kernel
+    /// reset it (`tcp_close`), and the reset makes the client's stack drop
+    /// response bytes it has not read yet. So when the server shuts a
+    /// [`TrackedIo`](crate::TrackedIo) down, the write side is shut first
+    /// (the client gets every byte, then a FIN), and if the client had sent
+    /// more, what it still sends is read and discarded until it closes too,
+    /// for at most this long: nginx's `lingering_close`. A connection with
+    /// nothing unread closes at once. A client still sending when the time
+    /// runs out is counted in
+    /// [`DrainReport::lingers_cut_off`](crate::DrainReport::lingers_cut_off)
+    /// during a drain. A forced drain stops lingering at once.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
         self
     }
 
@@ -536,6 +560,8 @@ pub(crate) struct Inner {
     connections_retired: AtomicUsize,
     /// Request bodies still arriving when the drain was forced.
     bodies_cut_off: AtomicUsize,
+    /// Lingering closes that ran out of time on a client still sending.
+    lingers_cut_off: AtomicUsize,
     /// HTTP/1 connections closed between requests after the trigger.
     connections_closed_between_requests: AtomicUsize,
     /// Woken on every change a waiter may be waiting for.
@@ -578,6 +604,7 @@ impl Inner {
             heads_cut_off: AtomicUsize::new(0),
             connections_retired: AtomicUsize::new(0),
             bodies_cut_off: AtomicUsize::new(0),
+            lingers_cut_off: AtomicUsize::new(0),
             connections_closed_between_requests: AtomicUsize::new(0),
             notify: Arc::new(Notify::new()),
             timeline: Mutex::default(),
@@ -972,6 +999,7 @@ impl Inner {
             requests_aborted: self.requests_aborted.load(SeqCst),
             connections_forced: timeline.forced.map_or(0, |(_, _, open)| open),
             bodies_cut_off: self.bodies_cut_off.load(SeqCst),
+            lingers_cut_off: self.lingers_cut_off.load(SeqCst),
             forced: timeline.forced.map(|(_, cause, _)| cause),
             closing_listeners: listeners_closed - started,
             closing_connections: now.saturating_duration_since(listeners_closed),
@@ -1023,6 +1051,19 @@ impl Inner {
             slot.force();
         }
         connections.insert(slot)
+    }
+
+    /// How long a closing connection may linger.
+    pub(crate) fn linger_time(&self) -> Duration {
+        self.config.linger
+    }
+
+    /// A lingering close ran out of time on a client still sending; counted
+    /// from the trigger on.
+    pub(crate) fn linger_cut_off(&self) {
+        if self.is_triggered() {
+            self.lingers_cut_off.fetch_add(1, SeqCst);
+        }
     }
 
     /// A connection stopped reading a head or being between requests after
