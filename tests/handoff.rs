@@ -183,6 +183,10 @@ async fn handoff_drain_is_a_restart_that_stays_ready() {
     within("the old server to drain", watch.draining()).await;
     assert!(watch.is_ready());
 
+    // The connection takes a request again once it has finished the last.
+    within("the connection to be ready", sender.ready())
+        .await
+        .unwrap();
     let during = sender.send_request(get_request("/healthz")).await.unwrap();
     assert_eq!(during.status(), 200);
     assert_eq!(during.headers().get(CONNECTION).unwrap(), "close");

@@ -170,6 +170,10 @@ async fn recently_used_connection_holds_the_shutdown_signal() {
     let mut signal = tokio_test::task::spawn(server.watch.shutdown_signal());
     tokio_test::assert_pending!(signal.poll());
 
+    // The connection takes a request again once it has finished the last.
+    within("the connection to be ready", sender.ready())
+        .await
+        .unwrap();
     let response = sender.send_request(get_request("/")).await.unwrap();
     assert_eq!(response.headers().get(CONNECTION).unwrap(), "close");
     within("the retired connection to close", conn)

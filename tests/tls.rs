@@ -319,6 +319,10 @@ async fn keep_alive_connection_is_retired_by_its_next_response() {
 
     watch.trigger();
     within("listeners to close", watch.listeners_closed()).await;
+    // The connection takes a request again once it has finished the last.
+    within("the connection to be ready", sender.ready())
+        .await
+        .unwrap();
     let second = sender.send_request(get_request("/")).await.unwrap();
     assert_eq!(second.headers().get(CONNECTION).unwrap(), "close");
     within("the retired connection to close", conn)
