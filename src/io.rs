@@ -7,7 +7,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{
-            AtomicU64, AtomicU8,
+            AtomicBool, AtomicU64, AtomicU8,
             Ordering::{Acquire, Relaxed, SeqCst},
         },
         Arc,
@@ -275,6 +275,11 @@ impl Requests {
         // body too), the server reads nothing more: stop following.
         let retiring =
             closing.is_some_and(|n| heads > n + 1 || heads == n + 1 && now != Position::Body);
+        if retiring && (now == Position::Head || closing.is_some_and(|n| heads > n + 1)) {
+            // Requests pipelined behind it will never be answered: the close
+            // must linger until the client has seen the end.
+            self.slot.unanswered_input.store(true, Relaxed);
+        }
         self.enter(match now {
             _ if retiring => RETIRING,
             Position::Head if heads > 0 => READING_NEXT_HEAD,
@@ -376,6 +381,9 @@ pub(crate) struct Slot {
     /// connection's task, read by [`ShutdownSignal`](crate::future::ShutdownSignal),
     /// which only needs a recent value (`Relaxed`).
     last_active: AtomicU64,
+    /// The client sent requests beyond the one the server closes the
+    /// connection after (set and read by the connection's task).
+    unanswered_input: AtomicBool,
 }
 
 /// A TLS connection that has not received a byte: nothing to lose.
@@ -408,6 +416,7 @@ impl Slot {
             waker: AtomicWaker::new(),
             state: AtomicU8::new(SERVING),
             last_active: AtomicU64::new(0),
+            unanswered_input: AtomicBool::new(false),
         }
     }
 
@@ -622,7 +631,9 @@ impl<I: AsyncRead + AsyncWrite> AsyncWrite for TrackedIo<I> {
         let this = self.project();
         let ConnectionToken { inner, slot, .. } = this.token;
         let lingered = guard(slot, inner, cx, |cx| {
-            this.linger.poll_close(this.io, inner.linger_time(), cx)
+            let expect_more = slot.unanswered_input.load(Relaxed);
+            this.linger
+                .poll_close(this.io, inner.linger_time(), expect_more, cx)
         });
         if ready!(lingered)? == Lingered::CutOff {
             inner.linger_cut_off();

@@ -28,8 +28,8 @@ use tokio::{
 pub(crate) struct Linger {
     /// Whether the write side is shut down.
     shut: bool,
-    /// When lingering ends: set when the client was found still sending,
-    /// boxed so that a connection stays `Unpin` (as axum requires).
+    /// When lingering ends: set when lingering begins, boxed so that a
+    /// connection stays `Unpin` (as axum requires).
     until: Option<Pin<Box<Sleep>>>,
     /// Whether the client sent anything after the shutdown.
     discarded: bool,
@@ -47,9 +47,11 @@ pub(crate) enum Lingered {
 
 impl Linger {
     /// Shuts the write side of `io` down, then reads and discards its input:
-    /// with nothing waiting to be read, the socket can close at once (a
+    /// with nothing waiting to be read, and no more expected (`expect_more`:
+    /// the client had pipelined requests that will not be answered, whose
+    /// bytes may still be on their way), the socket can close at once (a
     /// FIN, not a reset); otherwise until the client closes, the connection
-    /// fails, or `time` has passed since the client was found still sending.
+    /// fails, or `time` has passed since lingering began.
     ///
     /// # Errors
     ///
@@ -58,6 +60,7 @@ impl Linger {
         &mut self,
         mut io: Pin<&mut I>,
         time: Duration,
+        expect_more: bool,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Lingered>> {
         if !self.shut {
@@ -73,7 +76,9 @@ impl Linger {
                 }
                 Poll::Ready(Ok(())) => self.discarded = true,
                 Poll::Ready(Err(_)) => return Poll::Ready(Ok(Lingered::Clean)),
-                Poll::Pending if !self.discarded => return Poll::Ready(Ok(Lingered::Clean)),
+                Poll::Pending if !self.discarded && !expect_more => {
+                    return Poll::Ready(Ok(Lingered::Clean))
+                }
                 Poll::Pending => break,
             }
         }

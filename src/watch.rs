@@ -217,9 +217,10 @@ impl WatchBuilder {
     /// response bytes it has not read yet. So when the server shuts a
     /// [`TrackedIo`](crate::TrackedIo) down, the write side is shut first
     /// (the client gets every byte, then a FIN), and if the client had sent
-    /// more, what it still sends is read and discarded until it closes too,
-    /// for at most this long: nginx's `lingering_close`. A connection with
-    /// nothing unread closes at once. A client still sending when the time
+    /// more (bytes waiting to be read, or requests pipelined behind the one
+    /// the connection closes after), what it still sends is read and
+    /// discarded until it closes too, for at most this long: nginx's
+    /// `lingering_close`. A connection with nothing unread closes at once. A client still sending when the time
     /// runs out is counted in
     /// [`DrainReport::lingers_cut_off`](crate::DrainReport::lingers_cut_off)
     /// during a drain. A forced drain stops lingering at once.
