@@ -1,6 +1,7 @@
 //! The connection wrapper: [`TrackedIo`] counts a connection as open until it
-//! is dropped, follows how far the server has read into its first request,
-//! and fails it when the drain closes it.
+//! is dropped, follows where its requests start and end, tells a keep-alive
+//! connection to close when the drain starts, closes it lingering, and fails
+//! it when the drain closes it.
 
 use std::{
     fmt, io,
@@ -30,14 +31,23 @@ pin_project! {
     /// hands it to the server.
     ///
     /// It forwards every `AsyncRead`/`AsyncWrite` call to the connection and
-    /// adds three things: the connection counts in
-    /// [`Watch::connections`](crate::Watch::connections) until this value is
-    /// dropped; its reads tell the [`Watch`](crate::Watch) when the server
-    /// has chosen a protocol and read its first request head; and once the
-    /// drain closes it (forced, or its head stalled past the
-    /// [`request_head_grace`](crate::WatchBuilder::request_head_grace)),
-    /// every read and write fails with
-    /// [`io::ErrorKind::ConnectionAborted`], so the server drops it.
+    /// adds:
+    /// - the connection counts in
+    ///   [`Watch::connections`](crate::Watch::connections) until this value
+    ///   is dropped;
+    /// - its reads tell the [`Watch`](crate::Watch) when the server has
+    ///   chosen a protocol, and on HTTP/1 where each request head and body
+    ///   starts and ends; from the trigger on, the next request head gets
+    ///   `Connection: close` (see
+    ///   [`keep_alive_idle`](crate::WatchBuilder::keep_alive_idle)), and the
+    ///   request handed to the service carries it;
+    /// - shutting it down closes it lingering (see
+    ///   [`linger`](crate::WatchBuilder::linger));
+    /// - once the drain closes it (forced, a head stalled past the
+    ///   [`request_head_grace`](crate::WatchBuilder::request_head_grace), or
+    ///   nothing to lose after the first-byte grace), every read and write
+    ///   fails with [`io::ErrorKind::ConnectionAborted`], so the server drops
+    ///   it.
     ///
     /// ```
     /// use tower_drain::{GracefulAccept, Watch};
