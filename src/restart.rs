@@ -112,6 +112,8 @@ pub struct Listeners {
     origin: Origin,
     watch: Watch,
     sockets: Vec<(String, Socket, Arc<SharedSocket>)>,
+    /// The names of the sockets already taken.
+    taken: Vec<String>,
 }
 
 impl Listeners {
@@ -170,10 +172,12 @@ impl Listeners {
             .iter()
             .position(|(n, ..)| n == name)
             .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no listener named {name:?}"),
-                )
+                let why = if self.taken.iter().any(|n| n == name) {
+                    format!("listener {name:?} was already taken")
+                } else {
+                    format!("no listener named {name:?}")
+                };
+                io::Error::new(io::ErrorKind::NotFound, why)
             })?;
         if socket_is_unix(&self.sockets[at].1)? != unix {
             let kind = if unix { "a Unix" } else { "a TCP" };
@@ -182,7 +186,8 @@ impl Listeners {
                 format!("listener {name:?} is not {kind} socket"),
             ));
         }
-        let (_, socket, shared) = self.sockets.swap_remove(at);
+        let (name, socket, shared) = self.sockets.swap_remove(at);
+        self.taken.push(name);
         Ok((socket, shared))
     }
 }
@@ -365,6 +370,7 @@ impl ListenersBuilder {
             origin,
             watch: watch.clone(),
             sockets,
+            taken: Vec::new(),
         })
     }
 

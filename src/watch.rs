@@ -242,6 +242,9 @@ impl WatchBuilder {
     /// assert!(matches!(too_long, Err(ConfigError::LameDuckTooLong { .. })));
     /// ```
     pub fn build(self) -> Result<Watch, ConfigError> {
+        if self.grace.is_zero() {
+            return Err(ConfigError::ZeroGrace);
+        }
         if !self.lame_duck.is_zero() && self.lame_duck >= self.grace {
             return Err(ConfigError::LameDuckTooLong {
                 lame_duck: self.lame_duck,
@@ -253,9 +256,15 @@ impl WatchBuilder {
 }
 
 /// Why a [`WatchBuilder`] cannot build a [`Watch`].
+///
+/// It converts into an [`std::io::Error`] of kind
+/// [`InvalidInput`](std::io::ErrorKind::InvalidInput), so that `?` works in
+/// a `main` returning `std::io::Result<()>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A grace of zero: every drain would be forced the moment it starts.
+    ZeroGrace,
     /// The lame duck period leaves no time for the drain before the
     /// deadline, which counts from the trigger too.
     LameDuckTooLong {
@@ -269,6 +278,9 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ConfigError::ZeroGrace => f.write_str(
+                "the grace must be longer than zero: every drain would be forced the moment it starts",
+            ),
             ConfigError::LameDuckTooLong { lame_duck, grace } => write!(
                 f,
                 "the lame duck period ({lame_duck:?}) must be shorter than the grace ({grace:?}), which counts from the trigger too"
@@ -278,6 +290,12 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for std::io::Error {
+    fn from(error: ConfigError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, error)
+    }
+}
 
 /// The shared drain coordinator.
 ///

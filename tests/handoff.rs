@@ -205,3 +205,19 @@ async fn handoff_drain_is_a_restart_that_stays_ready() {
     let report = next.stopped().await;
     assert_eq!(report.kind, tower_drain::DrainKind::Shutdown, "{report}");
 }
+
+/// Taking a listener twice says so, rather than that there is none.
+#[tokio::test]
+async fn taking_a_listener_twice_says_it_was_taken() {
+    let watch = Watch::new();
+    let mut listeners = Listeners::builder()
+        .tcp("http", localhost())
+        .open(&watch)
+        .await
+        .unwrap();
+    let _taken = listeners.tcp("http").unwrap();
+    let again = listeners.tcp("http").unwrap_err();
+    assert_eq!(again.to_string(), "listener \"http\" was already taken");
+    let none = listeners.tcp("api").unwrap_err();
+    assert_eq!(none.to_string(), "no listener named \"api\"");
+}

@@ -132,6 +132,32 @@ async fn bad_flags_exit_two() {
     }
 }
 
+/// `--help` prints the usage on standard output and exits 0.
+#[tokio::test]
+async fn help_prints_the_usage_and_exits_zero() {
+    let output = within(
+        "the server to exit",
+        tokio::process::Command::new(server_binary())
+            .arg("--help")
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage: server"));
+}
+
+/// A grace of zero would force every drain at once: bad input, exit 2.
+#[tokio::test]
+async fn zero_grace_exits_two() {
+    let (status, stderr) = run(&["--grace", "0"]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the grace must be longer than zero"),
+        "{stderr}"
+    );
+}
+
 /// A port already in use is a clear error, not a panic.
 #[tokio::test]
 async fn port_in_use_is_a_clear_error() {

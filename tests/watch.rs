@@ -848,3 +848,16 @@ async fn waiters_never_miss_a_concurrent_drain() {
         assert_eq!(watch.phase(), Phase::Drained);
     }
 }
+
+/// A configuration that cannot drain is an error that `?` turns into an
+/// `io::Error` (`InvalidInput`), as a `main` returning `io::Result` needs.
+#[test]
+fn config_errors_become_io_errors() {
+    fn build(grace: Duration) -> std::io::Result<Watch> {
+        Ok(Watch::builder().grace(grace).build()?)
+    }
+    let error = build(Duration::ZERO).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("longer than zero"), "{error}");
+    assert!(build(Duration::from_secs(1)).is_ok());
+}

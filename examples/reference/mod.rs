@@ -45,17 +45,23 @@ pub(crate) struct Options {
     pub(crate) key: Option<PathBuf>,
 }
 
-/// Parses the flags; `usage` is printed on error (exit 2). `tls` allows
-/// `--cert` and `--key`; `port` is the default port on 127.0.0.1.
+/// Parses the flags; `usage` is printed on error (exit 2), or to standard
+/// output for `-h`/`--help` (exit 0). `tls` allows `--cert` and `--key`;
+/// `port` is the default port on 127.0.0.1.
 pub(crate) fn parse_args(usage: &str, tls: bool, port: u16) -> Result<Options, ExitCode> {
+    if std::env::args()
+        .skip(1)
+        .any(|arg| arg == "-h" || arg == "--help")
+    {
+        println!("{usage}");
+        return Err(ExitCode::SUCCESS);
+    }
     parse(std::env::args().skip(1), tls, port).map_err(|message| usage_error(usage, &message))
 }
 
 /// Prints `message` and `usage`; exit code 2.
 pub(crate) fn usage_error(usage: &str, message: &str) -> ExitCode {
-    if !message.is_empty() {
-        eprintln!("error: {message}");
-    }
+    eprintln!("error: {message}");
     eprintln!("{usage}");
     ExitCode::from(2)
 }
@@ -85,7 +91,6 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
             "--lame-duck" => options.lame_duck = seconds("--lame-duck", &value("--lame-duck")?)?,
             "--cert" if tls => options.cert = Some(value("--cert")?.into()),
             "--key" if tls => options.key = Some(value("--key")?.into()),
-            "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -109,7 +114,7 @@ pub(crate) fn watch(options: &Options) -> Result<Watch, ExitCode> {
         builder = builder.grace(grace);
     }
     let watch = builder.build().map_err(|e| {
-        eprintln!("error: --lame-duck {:?}: {e}", options.lame_duck);
+        eprintln!("error: --grace and --lame-duck: {e}");
         ExitCode::from(2)
     })?;
     watch
