@@ -77,17 +77,21 @@ pub struct DrainReport {
     pub lingers_cut_off: usize,
     /// Why the drain was forced, or `None` if it ended cleanly.
     pub forced: Option<ForceCause>,
-    /// From the trigger until every listener had drained its queue and closed.
+    /// From the trigger until the lame duck period ended (zero without one).
+    pub lame_duck: Duration,
+    /// From the start of the drain proper (the trigger, or the end of the
+    /// lame duck period) until every listener had drained its queue and
+    /// closed.
     pub closing_listeners: Duration,
     /// From the listeners closing until the last connection and request ended.
     pub closing_connections: Duration,
 }
 
 impl DrainReport {
-    /// From the trigger until the drain ended: `closing_listeners` plus
-    /// `closing_connections`.
+    /// From the trigger until the drain ended: `lame_duck`,
+    /// `closing_listeners` and `closing_connections`.
     pub fn total(&self) -> Duration {
-        self.closing_listeners + self.closing_connections
+        self.lame_duck + self.closing_listeners + self.closing_connections
     }
 
     /// The drain lost nothing it could see: it was not forced, no
@@ -152,9 +156,14 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} drained in {:?} (listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} keep-alive connections retired by a response, {} closed between requests, {} request bodies cut off, {} lingering closes cut off, {} connections forced",
+            "{} drained in {:?} ({}listeners {:?}, connections {:?}): {} accepted from the queue, {} reset in the queue, {} listeners left to another process, {} requests completed, {} aborted, {} connections with an incomplete request head closed, {} keep-alive connections retired by a response, {} closed between requests, {} request bodies cut off, {} lingering closes cut off, {} connections forced",
             self.kind,
             self.total(),
+            if self.lame_duck.is_zero() {
+                String::new()
+            } else {
+                format!("lame duck {:?}, ", self.lame_duck)
+            },
             self.closing_listeners,
             self.closing_connections,
             self.accepted_from_queue,

@@ -992,6 +992,7 @@ impl Inner {
                 requests_aborted = report.requests_aborted,
                 connections_forced = report.connections_forced,
                 forced = ?report.forced,
+                lame_duck = ?report.lame_duck,
                 closing_listeners = ?report.closing_listeners,
                 closing_connections = ?report.closing_connections,
                 "drain complete",
@@ -1002,7 +1003,8 @@ impl Inner {
     }
 
     fn build_report(&self, timeline: &Timeline, now: Instant) -> DrainReport {
-        let started = timeline.drain_started.or(timeline.triggered).unwrap_or(now);
+        let triggered = timeline.triggered.unwrap_or(now);
+        let started = timeline.drain_started.unwrap_or(triggered);
         let listeners_closed = timeline.listeners_closed.unwrap_or(started);
         DrainReport {
             kind: self.kind(),
@@ -1020,6 +1022,7 @@ impl Inner {
             bodies_cut_off: self.bodies_cut_off.load(SeqCst),
             lingers_cut_off: self.lingers_cut_off.load(SeqCst),
             forced: timeline.forced.map(|(_, cause, _)| cause),
+            lame_duck: started.saturating_duration_since(triggered),
             closing_listeners: listeners_closed - started,
             closing_connections: now.saturating_duration_since(listeners_closed),
         }
