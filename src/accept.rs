@@ -387,17 +387,17 @@ impl<L: DrainableListener> GracefulAccept<L> {
         else {
             return;
         };
-        let local_addr = open.listener.local_addr().ok();
+        let local_addr = describe(open.listener.local_addr());
         if self.shared.is_elsewhere() {
             tracing::info!(
-                ?local_addr,
+                %local_addr,
                 "closing a shared listener without draining: its queue stays with the other holder",
             );
             self.watch.inner.listener_left_shared();
             self.shared.close_copy();
             return;
         }
-        tracing::debug!(?local_addr, "draining the accept queue");
+        tracing::debug!(%local_addr, "draining the accept queue");
         let mut queued = Vec::new();
         open.listener.steer_away(&mut queued);
         for queued in queued {
@@ -427,18 +427,18 @@ impl<L: DrainableListener> GracefulAccept<L> {
         else {
             return;
         };
-        let local_addr = open.listener.local_addr().ok();
+        let local_addr = describe(open.listener.local_addr());
         let accepted = drain.accepted;
         let still_queued = open.listener.queue_len();
         match still_queued {
             Some(reset) if reset > 0 => tracing::error!(
-                ?local_addr,
+                %local_addr,
                 accepted_from_queue = accepted,
                 reset,
                 "closing the listener with connections still queued: the kernel resets them",
             ),
             _ => tracing::info!(
-                ?local_addr,
+                %local_addr,
                 accepted_from_queue = accepted,
                 "closing the listener",
             ),
@@ -522,5 +522,13 @@ impl<L: DrainableListener + fmt::Debug> fmt::Debug for GracefulAccept<L> {
             .field("watch", &self.watch)
             .field("handoff", &self.handoff.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A listener's local address for the log.
+fn describe(addr: io::Result<impl fmt::Debug>) -> String {
+    match addr {
+        Ok(addr) => format!("{addr:?}"),
+        Err(error) => format!("unknown ({error})"),
     }
 }

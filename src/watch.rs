@@ -1054,11 +1054,11 @@ impl Inner {
             let mut timeline = self.lock_timeline();
             let now = Instant::now();
             timeline.listeners_closed.get_or_insert(now);
-            let elapsed = timeline.triggered.map(|t| now - t);
+            let elapsed = now - timeline.triggered.unwrap_or(now);
             drop(timeline);
             tracing::info!(
                 accepted_from_queue = self.accepted_from_queue.load(SeqCst),
-                elapsed = ?elapsed,
+                ?elapsed,
                 "all listeners closed",
             );
         }
