@@ -303,8 +303,9 @@ impl ListenersBuilder {
     ///
     /// `InvalidInput` for bad input: an inherited descriptor that is not a
     /// listening stream socket, a name the inherited or received sockets
-    /// lack, a handoff path that is not a socket or whose directory does not
-    /// exist. `PermissionDenied` if the server on the handoff path is a
+    /// lack, a received socket on another address than configured (a TCP
+    /// port of 0 takes any), a handoff path that is not a socket or whose
+    /// directory does not exist. `PermissionDenied` if the server on the handoff path is a
     /// process this one does not trust (see
     /// [`handoff_allow_uid`](Self::handoff_allow_uid)): nothing is taken from
     /// it. Otherwise what binding or the handoff reports.
@@ -323,10 +324,16 @@ impl ListenersBuilder {
         let mut successor = None;
         let (origin, sockets) = if let Some(inherited) = activation::take()? {
             let inherited = inherited.into_iter().map(|i| (i.name, i.socket)).collect();
-            (Origin::ServiceManager, self.pick(inherited, "inherited")?)
+            (
+                Origin::ServiceManager,
+                self.pick(inherited, Origin::ServiceManager)?,
+            )
         } else if let Some((predecessor, received)) = self.connect().await? {
             successor = Some(predecessor);
-            (Origin::Predecessor, self.pick(received, "received")?)
+            (
+                Origin::Predecessor,
+                self.pick(received, Origin::Predecessor)?,
+            )
         } else {
             (Origin::Bound, self.bind()?)
         };
@@ -401,27 +408,46 @@ impl ListenersBuilder {
         }
     }
 
-    /// Matches `available` sockets to the configured names: by name, or the
-    /// only one to the only one. Sockets left over are closed.
+    /// Matches the `available` sockets (from `origin`) to the configured
+    /// names. Sockets a service manager passes may be unnamed: the only one
+    /// serves the only name configured. Sockets from a predecessor must
+    /// carry the configured names and be on the configured addresses (a
+    /// port of 0 takes any), so that a successor never serves another
+    /// address than it was told without saying so. Sockets left over are
+    /// closed.
     fn pick(
         &self,
         available: Vec<(String, Socket)>,
-        how: &str,
+        origin: Origin,
     ) -> io::Result<Vec<(String, Socket)>> {
+        let how = match origin {
+            Origin::ServiceManager => "inherited",
+            Origin::Predecessor | Origin::Bound => "received",
+        };
         let mut available: VecDeque<_> = available.into();
-        if let ([(name, _)], 1) = (self.addresses.as_slice(), available.len()) {
+        if let ([(name, _)], 1, Origin::ServiceManager) =
+            (self.addresses.as_slice(), available.len(), origin)
+        {
             let (_, socket) = available.pop_front().expect("one socket");
             return Ok(vec![(name.clone(), socket)]);
         }
+        let names: Vec<_> = available.iter().map(|(n, _)| n.clone()).collect();
         let picked = self
             .addresses
             .iter()
-            .map(|(name, _)| {
+            .map(|(name, address)| {
                 let at = available
                     .iter()
                     .position(|(n, _)| n == name)
-                    .ok_or_else(|| invalid(format!("no {how} socket named {name:?}")))?;
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "no {how} socket named {name:?} (there are {names:?})"
+                        ))
+                    })?;
                 let (_, socket) = available.remove(at).expect("position is in range");
+                if origin == Origin::Predecessor {
+                    check_address(name, address, &socket)?;
+                }
                 Ok((name.clone(), socket))
             })
             .collect::<io::Result<_>>()?;
@@ -487,4 +513,26 @@ fn socket_is_unix(socket: &Socket) -> io::Result<bool> {
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+/// Fails with `InvalidInput` unless `socket`, received from a predecessor
+/// for `name`, is on `address` as configured here (a TCP port of 0 takes
+/// any address).
+fn check_address(name: &str, address: &Address, socket: &Socket) -> io::Result<()> {
+    let local = socket.local_addr()?;
+    let matches = match address {
+        Address::Tcp(addr) => addr.port() == 0 || local.as_socket() == Some(*addr),
+        Address::Unix(path) => local.as_pathname() == Some(path.as_path()),
+    };
+    if matches {
+        return Ok(());
+    }
+    let got = local
+        .as_socket()
+        .map(|a| a.to_string())
+        .or_else(|| local.as_pathname().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| "an unnamed socket".to_owned());
+    Err(invalid(format!(
+        "listener {name:?}: the predecessor's socket is on {got}, not on {address} as configured here"
+    )))
 }

@@ -221,3 +221,49 @@ async fn taking_a_listener_twice_says_it_was_taken() {
     let none = listeners.tcp("api").unwrap_err();
     assert_eq!(none.to_string(), "no listener named \"api\"");
 }
+
+/// A successor takes only the sockets it asks for, by name and on the
+/// address it is configured with (port 0 takes any): one asking for another
+/// name, or the same name on another port, fails with `InvalidInput` before
+/// it serves anything, and the running server keeps serving until a
+/// successor configured as it is takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successor_takes_only_the_names_and_addresses_it_asks_for() {
+    let path = handoff_path("names-and-addresses");
+    let watch = Watch::new();
+    let mut listeners = Listeners::builder()
+        .tcp("http", localhost())
+        .handoff(&path)
+        .open(&watch)
+        .await
+        .unwrap();
+    let server = Server::serve(listeners.tcp("http").unwrap());
+    let elsewhere = std::net::TcpListener::bind(localhost())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+
+    for (name, addr, why) in [
+        ("api", server.addr, "no received socket named \"api\""),
+        (
+            "http",
+            elsewhere,
+            &*format!(
+                "listener \"http\": the predecessor's socket is on {}, not on {elsewhere}",
+                server.addr
+            ),
+        ),
+    ] {
+        let error = Listeners::builder()
+            .tcp(name, addr)
+            .handoff(&path)
+            .open(&Watch::new())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{error}");
+        assert!(error.to_string().contains(why), "{error}");
+        assert!(!watch.is_draining());
+        assert!(one_request(server.addr, "/").await.is_ok());
+    }
+    take_over_and_stop(server, &path).await;
+}
