@@ -139,3 +139,9 @@ pub use crate::stream::EndOnDrain;
 #[cfg(feature = "rustls")]
 pub use crate::tls::{TlsAccept, TlsIo};
 pub use crate::watch::{ConfigError, Phase, Watch, WatchBuilder};
+
+/// The README's Rust snippets that are not marked `ignore`, compiled as
+/// doctests so that the README cannot drift from the crate.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
