@@ -315,8 +315,12 @@ async fn five_restarts_behind(
     server
 }
 
-/// SIGTERMs `server`, and waits for it to drain as a shutdown and exit 0.
-async fn shut_down(mut server: Process) {
+/// Stops `proxy` (so that nothing connects any more, its health checks
+/// included: a connection arriving as a lone server closes its socket is
+/// reset, which makes the drain unclean), then SIGTERMs `server` and waits
+/// for it to drain as a shutdown and exit 0.
+async fn shut_down(mut server: Process, proxy: Proxy) {
+    drop(proxy);
     server.signal("TERM");
     let report = drain_report(&mut server).await;
     assert!(report.starts_with("shutdown drained in"), "{report}");
@@ -331,7 +335,7 @@ async fn restarts_behind_nginx_keep_alive_lose_nothing() {
     let (generations, server) = Generations::handoff("proxy-handoff", "").await;
     let nginx = proxy(Kind::Nginx, &[server.addr]).await;
     let server = five_restarts_behind(&nginx, &generations, server).await;
-    shut_down(server).await;
+    shut_down(server, nginx).await;
 }
 
 /// Five handoff restarts of the reference server, with a lame duck period
@@ -343,7 +347,7 @@ async fn restarts_behind_haproxy_with_health_checks_lose_nothing() {
     let (generations, server) = Generations::handoff("proxy-haproxy", "--lame-duck 1").await;
     let haproxy = proxy(Kind::HAProxy, &[server.addr]).await;
     let server = five_restarts_behind(&haproxy, &generations, server).await;
-    shut_down(server).await;
+    shut_down(server, haproxy).await;
 }
 
 /// Five restarts of the reference server on a socket held as systemd holds
@@ -436,5 +440,5 @@ async fn scale_down_behind_haproxy_with_a_lame_duck_loses_nothing() {
         tally.errors.len()
     );
     tally.assert_all_served();
-    shut_down(staying).await;
+    shut_down(staying, haproxy).await;
 }

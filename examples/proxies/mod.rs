@@ -25,7 +25,8 @@ pub(crate) enum Kind {
     Nginx,
     /// HAProxy in HTTP mode, with `http-reuse always`, `retries 0` and
     /// health checks on `GET /healthz` every 100 ms (down after 2 failures,
-    /// up after 1 success).
+    /// up after 1 success; a server down is checked every 5 s, so checks do
+    /// not keep connecting to a server that is closing its socket).
     HAProxy,
 }
 
@@ -101,7 +102,11 @@ http {{
                 let servers: String = backends
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| format!("    server s{i} {b} check inter 100ms fall 2 rise 1\n"))
+                    .map(|(i, b)| {
+                        format!(
+                            "    server s{i} {b} check inter 100ms downinter 5s fall 2 rise 1\n"
+                        )
+                    })
                     .collect();
                 format!(
                     "defaults
