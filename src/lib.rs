@@ -9,7 +9,7 @@
 //!     let watch = Watch::new(); // or Watch::builder().grace(..).build()?
 //!     watch.trigger_on_signals()?; // SIGTERM/SIGINT/SIGHUP drains, a second one forces
 //!
-//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //!     let listener = GracefulAccept::new(listener, watch.clone());
 //!     let app = Router::new().route("/", get(|| async { "hello" }));
 //!
