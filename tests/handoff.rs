@@ -161,25 +161,15 @@ async fn handoff_drain_is_a_restart_that_stays_ready() {
         .grace(Duration::from_secs(200))
         .build()
         .unwrap();
-    let mut listeners = Listeners::builder()
-        .tcp("http", localhost())
-        .handoff(&path)
-        .open(&watch)
-        .await
-        .unwrap();
-    let server = Server::serve(listeners.tcp("http").unwrap());
+    let builder = Listeners::builder().tcp("http", localhost()).handoff(&path);
+    let server = serve_listeners(builder, &watch).await;
     let (mut sender, conn) = http1_client(server.addr).await;
     let before = sender.send_request(get_request("/healthz")).await.unwrap();
     assert_eq!(before.status(), 200);
 
     let successor = Watch::new();
-    let mut taken = Listeners::builder()
-        .tcp("http", server.addr)
-        .handoff(&path)
-        .open(&successor)
-        .await
-        .unwrap();
-    let next = Server::serve(taken.tcp("http").unwrap());
+    let builder = Listeners::builder().tcp("http", server.addr).handoff(&path);
+    let next = serve_listeners(builder, &successor).await;
     within("the old server to drain", watch.draining()).await;
     assert!(watch.is_ready());
 
@@ -231,13 +221,8 @@ async fn taking_a_listener_twice_says_it_was_taken() {
 async fn successor_takes_only_the_names_and_addresses_it_asks_for() {
     let path = handoff_path("names-and-addresses");
     let watch = Watch::new();
-    let mut listeners = Listeners::builder()
-        .tcp("http", localhost())
-        .handoff(&path)
-        .open(&watch)
-        .await
-        .unwrap();
-    let server = Server::serve(listeners.tcp("http").unwrap());
+    let builder = Listeners::builder().tcp("http", localhost()).handoff(&path);
+    let server = serve_listeners(builder, &watch).await;
     let elsewhere = std::net::TcpListener::bind(localhost())
         .unwrap()
         .local_addr()

@@ -90,14 +90,11 @@ async fn handoff_socket_is_private_whatever_the_umask() {
 async fn successor_of_another_user_is_refused() {
     let path = open_dir("other-successor");
     let watch = Watch::new();
-    let mut listeners = Listeners::builder()
+    let builder = Listeners::builder()
         .tcp("http", localhost())
         .handoff(&path)
-        .handoff_mode(0o777)
-        .open(&watch)
-        .await
-        .unwrap();
-    let server = Server::serve(listeners.tcp("http").unwrap());
+        .handoff_mode(0o777);
+    let server = serve_listeners(builder, &watch).await;
 
     let refused = within(
         "the other user's successor to give up",

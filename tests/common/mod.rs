@@ -187,6 +187,16 @@ pub async fn read_until(stream: &mut TcpStream, end: &[u8]) -> String {
     String::from_utf8(read).unwrap()
 }
 
+/// Opens what `builder` configures for `watch` and serves [`app`] on its
+/// `"http"` listener.
+pub async fn serve_listeners(
+    builder: tower_drain::restart::ListenersBuilder,
+    watch: &Watch,
+) -> Server {
+    let mut listeners = builder.open(watch).await.unwrap();
+    Server::serve(listeners.tcp("http").unwrap())
+}
+
 /// A successor in this process takes `server`'s socket over through the
 /// handoff `path` and serves a request; then it drains too. Returns the old
 /// server's report, which must count the socket left to the successor.
