@@ -667,7 +667,7 @@ impl<I: AsyncRead + AsyncWrite> AsyncWrite for TrackedIo<I> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rustls"))]
 mod tests {
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 

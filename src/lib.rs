@@ -118,6 +118,7 @@ pub mod restart;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod reuseport;
 mod shared;
+mod siblings;
 mod signal;
 mod stream;
 #[cfg(unix)]

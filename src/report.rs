@@ -109,15 +109,15 @@ pub enum DrainKind {
     /// The service stops here: readiness fails from the trigger on, and a
     /// [`lame_duck`](crate::WatchBuilder::lame_duck) period runs first.
     Shutdown,
-    /// The service lives on in another process: every listener was held by
-    /// another process at the trigger (handed to a successor, or held by the
-    /// service manager). Readiness stays healthy and the lame duck period is
-    /// skipped: another process answers on the same sockets, so taking this
-    /// one out of rotation would take the whole service out.
-    ///
-    /// A successor on a socket of its own in the same `SO_REUSEPORT` group
-    /// is not seen: such a drain is a `Shutdown`. Behind a health-checking
-    /// proxy, restart that way without a lame duck period.
+    /// The service lives on in another process: at the trigger every
+    /// listener was held by another process too (handed to a successor, or
+    /// held by the service manager), or had a sibling in its `SO_REUSEPORT`
+    /// group there (a socket bound by
+    /// [`ListenersBuilder::reuse_port`](crate::restart::ListenersBuilder::reuse_port),
+    /// found in Linux's `/proc/net/tcp`). Readiness stays healthy and the
+    /// lame duck period is skipped: another process answers on the same
+    /// address, so taking this one out of rotation would take the whole
+    /// service out.
     Restart,
 }
 

@@ -270,6 +270,10 @@ impl ListenersBuilder {
 
     /// Binds TCP sockets with `SO_REUSEPORT`, so that an independent
     /// successor can bind the same port. Default off.
+    ///
+    /// On Linux a drain that finds another process's socket listening on
+    /// the same address (its `SO_REUSEPORT` sibling) is a
+    /// [`DrainKind::Restart`](crate::DrainKind::Restart).
     pub fn reuse_port(mut self, reuse_port: bool) -> Self {
         self.bind.reuse_port = reuse_port;
         self
@@ -397,8 +401,10 @@ impl ListenersBuilder {
         if self.handoff.is_some() {
             shared = shared.with_copy(socket.try_clone()?);
         }
-        let shared = Arc::new(shared.with_accepting(accepting.clone()));
-        Ok((name, socket, shared))
+        let shared = shared
+            .with_accepting(accepting.clone())
+            .with_siblings_of(&socket);
+        Ok((name, socket, Arc::new(shared)))
     }
 
     async fn connect(&self) -> io::Result<Option<(Predecessor, handoff::Sockets)>> {

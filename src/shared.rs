@@ -1,6 +1,7 @@
 //! What a listening socket held by more than one process needs: knowing that
-//! it is shared (then its queue is never drained nor closed from here), the
-//! copy a handoff sends, and the signal that this process accepts on it.
+//! it is shared (then its queue is never drained nor closed from here) or
+//! has `SO_REUSEPORT` siblings, the copy a handoff sends, and the signal
+//! that this process accepts on it.
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -9,6 +10,8 @@ use std::sync::{
 
 use socket2::Socket;
 use tokio::sync::Semaphore;
+
+use crate::siblings::Member;
 
 /// One listening socket's standing across processes, shared by its
 /// [`GracefulAccept`](crate::GracefulAccept) and the handoff that may send it.
@@ -25,6 +28,9 @@ pub(crate) struct SharedSocket {
     /// Gets a permit when the listener first accepts: a successor says it is
     /// ready once every listener it received does.
     accepting: Option<Arc<Semaphore>>,
+    /// The socket's place in an `SO_REUSEPORT` group, if it was bound with
+    /// `SO_REUSEPORT`: a sibling there serves the address too.
+    member: Option<Member>,
 }
 
 impl SharedSocket {
@@ -46,6 +52,24 @@ impl SharedSocket {
     pub(crate) fn with_accepting(mut self, accepting: Arc<Semaphore>) -> Self {
         self.accepting = Some(accepting);
         self
+    }
+
+    /// Looks for `SO_REUSEPORT` siblings of `socket` when the drain starts.
+    pub(crate) fn with_siblings_of(mut self, socket: &Socket) -> Self {
+        self.member = Member::of(socket);
+        self
+    }
+
+    /// The inode of a socket in an `SO_REUSEPORT` group.
+    pub(crate) fn inode(&self) -> Option<u64> {
+        self.member.map(|member| member.inode())
+    }
+
+    /// Another process serves the socket's address after this one closes
+    /// it: it holds the socket too, or a socket in its `SO_REUSEPORT` group
+    /// other than `ours` (the inodes of this process's listeners).
+    pub(crate) fn lives_on(&self, ours: &[u64]) -> bool {
+        self.is_elsewhere() || self.member.is_some_and(|member| member.has_sibling(ours))
     }
 
     pub(crate) fn is_elsewhere(&self) -> bool {

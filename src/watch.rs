@@ -656,11 +656,13 @@ impl Inner {
         self.phase() != Phase::Running
     }
 
-    /// Every open listener is held by another process too: the service
-    /// lives on after this one drains.
+    /// Every open listener is held by another process too, or has an
+    /// `SO_REUSEPORT` sibling there: the service lives on after this one
+    /// drains.
     fn lives_on(&self) -> bool {
         let sockets = self.lock_listener_sockets();
-        !sockets.is_empty() && sockets.iter().all(|(_, shared)| shared.is_elsewhere())
+        let ours: Vec<u64> = sockets.iter().filter_map(|(_, s)| s.inode()).collect();
+        !sockets.is_empty() && sockets.iter().all(|(_, shared)| shared.lives_on(&ours))
     }
 
     fn kind(&self) -> DrainKind {

@@ -109,3 +109,44 @@ async fn load_balancer_that_stops_routing_late_loses_nothing() {
     let report = server.stopped().await;
     assert!(report.is_clean(), "{report}");
 }
+
+/// A drain with an `SO_REUSEPORT` sibling serving the port is a restart:
+/// the service lives on in the sibling, so the lame duck period is skipped
+/// and readiness stays healthy. The sibling, once alone, drains as a
+/// shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_sibling_makes_the_drain_a_restart() {
+    use tower_drain::{restart::Listeners, DrainKind, Phase};
+
+    let lame_duck = || {
+        Watch::builder()
+            .lame_duck(Duration::from_secs(100))
+            .grace(Duration::from_secs(200))
+            .build()
+            .unwrap()
+    };
+    let watch = lame_duck();
+    let builder = Listeners::builder()
+        .tcp("http", localhost())
+        .reuse_port(true);
+    let server = serve_listeners(builder, &watch).await;
+    let sibling = lame_duck();
+    let builder = Listeners::builder()
+        .tcp("http", server.addr)
+        .reuse_port(true);
+    let next = serve_listeners(builder, &sibling).await;
+
+    watch.trigger();
+    assert_eq!(watch.phase(), Phase::Draining);
+    assert!(watch.is_ready());
+    let report = server.stopped().await;
+    assert_eq!(report.kind, DrainKind::Restart, "{report}");
+    assert!(one_request(next.addr, "/").await.is_ok());
+
+    sibling.trigger();
+    assert_eq!(sibling.phase(), Phase::LameDuck);
+    assert!(!sibling.is_ready());
+    sibling.force();
+    let report = next.stopped().await;
+    assert_eq!(report.kind, DrainKind::Shutdown, "{report}");
+}
