@@ -1,7 +1,7 @@
 //! The reference server: an axum app that loses no connection when it stops.
 //!
 //! ```text
-//! cargo run --release --example server -- [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS]
+//! cargo run --release --example server -- [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--upgrade-on SIGNAL]
 //! ```
 //!
 //! Routes: `GET /` answers `hello`; `GET /slow?ms=N` answers after N
@@ -22,9 +22,14 @@
 //! served by a process of another user).
 //!
 //! Restarts: a second copy started with the same `--handoff PATH` takes the
-//! socket over, and the first drains and exits 0 by itself. Started by a
-//! service manager with `LISTEN_PID`/`LISTEN_FDS` naming it, the server
-//! serves the inherited socket and ignores `--addr`.
+//! socket over, and the first drains and exits 0 by itself; with
+//! `--upgrade-on USR2` the server starts that copy itself on SIGUSR2 (from
+//! the executable's path, so a new build there is picked up) and serves on
+//! if it fails. Started by a service manager with `LISTEN_PID`/`LISTEN_FDS`
+//! naming it, the server serves the inherited socket and ignores `--addr`.
+//! With `NOTIFY_SOCKET` set it tells the service manager `READY=1` (and
+//! `MAINPID=` after an upgrade), `RELOADING=1` at an upgrade, `STOPPING=1`
+//! at a shutdown, and the drain's progress as `STATUS=`.
 
 mod logging;
 mod reference;
@@ -32,7 +37,7 @@ mod reference;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: server [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS]
+usage: server [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--upgrade-on SIGNAL]
 
   --addr ADDR     address to listen on (default 127.0.0.1:3000)
   --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
@@ -41,7 +46,11 @@ usage: server [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--la
   --grace SECS    hard deadline for the drain, in seconds (default 30)
   --lame-duck SECS
                   after the signal, report not ready (503 on /healthz) but
-                  go on serving for this long before draining (default 0)";
+                  go on serving for this long before draining (default 0)
+  --upgrade-on SIGNAL
+                  on this signal (USR2 or USR1), start a successor from the
+                  same executable and arguments and hand it the socket over
+                  --handoff PATH (required with it)";
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -326,7 +326,7 @@ impl Handoff {
     pub(crate) fn restore_backlog(&self) {
         for (name, shared) in &self.sockets {
             if let Some(Err(error)) = shared.lock_copy().as_ref().map(|s| s.listen(self.backlog)) {
-                tracing::warn!(name, %error, "cannot restore the backlog");
+                tracing::warn!(%name, %error, "cannot restore the backlog");
             }
         }
     }

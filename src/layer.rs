@@ -101,6 +101,7 @@ impl<S> Layer<S> for DrainLayer {
     type Service = DrainService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.watch.inner.count_requests();
         DrainService {
             inner,
             watch: self.watch.clone(),

@@ -110,6 +110,8 @@ mod io;
 pub mod layer;
 mod linger;
 mod listener;
+#[cfg(unix)]
+mod notify;
 mod observer;
 mod readiness;
 mod report;
@@ -127,6 +129,8 @@ mod sys;
 mod tls;
 #[cfg(feature = "tonic")]
 mod tonic;
+#[cfg(unix)]
+mod upgrade;
 mod watch;
 
 pub use crate::accept::GracefulAccept;

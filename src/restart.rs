@@ -46,6 +46,7 @@ use std::{
 use socket2::Socket;
 use tokio::{
     net::{TcpListener, UnixListener},
+    signal::unix::SignalKind,
     sync::Semaphore,
 };
 
@@ -53,8 +54,9 @@ use crate::{
     activation,
     bind::BindOptions,
     handoff::{self, Handoff, Predecessor, Trust, MAX_SOCKETS},
+    notify,
     shared::SharedSocket,
-    GracefulAccept, Watch,
+    upgrade, GracefulAccept, Watch,
 };
 
 /// Default [`ListenersBuilder::handoff_timeout`].
@@ -102,6 +104,9 @@ pub struct ListenersBuilder {
     handoff_mode: u32,
     trust: Trust,
     bind: BindOptions,
+    upgrade_on: Option<SignalKind>,
+    upgrade_timeout: Duration,
+    notify: bool,
 }
 
 /// The listening sockets a server should serve, from [`Listeners::builder`].
@@ -126,6 +131,9 @@ impl Listeners {
             handoff_mode: DEFAULT_HANDOFF_MODE,
             trust: Trust::default(),
             bind: BindOptions::default(),
+            upgrade_on: None,
+            upgrade_timeout: upgrade::DEFAULT_UPGRADE_TIMEOUT,
+            notify: true,
         }
     }
 
@@ -196,7 +204,7 @@ impl Drop for Listeners {
     fn drop(&mut self) {
         // A socket nobody took must close, copies included.
         for (name, _, shared) in self.sockets.drain(..) {
-            tracing::warn!(name, "listener never taken; closing it");
+            tracing::warn!(%name, "listener never taken; closing it");
             shared.close_copy();
         }
     }
@@ -279,6 +287,57 @@ impl ListenersBuilder {
         self
     }
 
+    /// Upgrades in place on `signal` (SIGUSR2 is the convention nginx set):
+    /// the server starts its successor itself, from the executable at the
+    /// path it was started from ([`std::env::current_exe`] when
+    /// [`open`](Self::open) runs, so a binary installed there since is
+    /// picked up) with the same arguments and environment, and the
+    /// successor takes the sockets over the [`handoff`](Self::handoff)
+    /// path, which this needs. This server drains once the successor is
+    /// ready ([`DrainKind::Restart`](crate::DrainKind::Restart)).
+    ///
+    /// If the successor cannot be started (the path is gone or not
+    /// executable), exits, or does not take over within
+    /// [`upgrade_timeout`](Self::upgrade_timeout) (it is killed then), this
+    /// server serves on and logs why at error; the next signal tries again.
+    /// A signal during an upgrade is ignored with a warning. Under systemd,
+    /// `ExecReload=/bin/kill -USR2 $MAINPID` with `NotifyAccess=all`: see
+    /// the README's unit files.
+    pub fn upgrade_on(mut self, signal: SignalKind) -> Self {
+        self.upgrade_on = Some(signal);
+        self
+    }
+
+    /// How long a successor started by [`upgrade_on`](Self::upgrade_on) may
+    /// take to take over before it is killed. Default 30 s.
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.upgrade_timeout = timeout;
+        self
+    }
+
+    /// Whether to tell the service manager what the server does when
+    /// `NOTIFY_SOCKET` is set (systemd's sd_notify(3) protocol, for
+    /// `Type=notify` and `Type=notify-reload` units). Default on; turn it
+    /// off to send `READY=1` yourself, for example after warming a cache.
+    ///
+    /// - `READY=1` once every listener serves, with `MAINPID=` of this
+    ///   process when it took the sockets over from a predecessor (the
+    ///   service manager then follows the service to this process; it needs
+    ///   `NotifyAccess=all`).
+    /// - At an [`upgrade_on`](Self::upgrade_on) signal `RELOADING=1` with
+    ///   `MONOTONIC_USEC=`, and `READY=1` again if the upgrade fails.
+    /// - At a shutdown's trigger `STOPPING=1` and `EXTEND_TIMEOUT_USEC=` the
+    ///   time left to the [`grace`](crate::WatchBuilder::grace)'s end plus
+    ///   5 s, so that `TimeoutStopSec=` does not kill a drain in progress.
+    /// - `STATUS=` lines with what the drain does, and its report.
+    ///
+    /// A restart's drain sends nothing: the successor speaks for the
+    /// service.
+    pub fn notify_service_manager(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
+    }
+
     /// The accept-queue length asked of listen(2). Default 1024.
     pub fn backlog(mut self, backlog: i32) -> Self {
         self.bind.backlog = backlog;
@@ -325,6 +384,11 @@ impl ListenersBuilder {
         {
             return Err(invalid(format!("listener name {name:?} has a newline")));
         }
+        if self.upgrade_on.is_some() && self.handoff.is_none() {
+            return Err(invalid(
+                "an upgrade on a signal needs a handoff path".into(),
+            ));
+        }
         let mut successor = None;
         let (origin, sockets) = if let Some(inherited) = activation::take()? {
             let inherited = inherited.into_iter().map(|i| (i.name, i.socket)).collect();
@@ -346,6 +410,17 @@ impl ListenersBuilder {
             .into_iter()
             .map(|(name, socket)| self.share(origin, name, socket, &accepting))
             .collect::<io::Result<Vec<_>>>()?;
+        let serving = Serving {
+            accepting,
+            count: sockets.len(),
+            notify: self.notify && notify::is_listening(),
+        };
+        if let Some(signal) = self.upgrade_on {
+            upgrade::start(signal, self.upgrade_timeout, watch.clone())?;
+        }
+        if serving.notify {
+            tokio::spawn(notify::follow(watch.clone()));
+        }
         if let Some(path) = &self.handoff {
             let handoff = Handoff {
                 sockets: sockets
@@ -360,7 +435,7 @@ impl ListenersBuilder {
             };
             match successor {
                 Some(predecessor) => {
-                    tokio::spawn(take_over(predecessor, handoff, accepting, sockets.len()));
+                    tokio::spawn(take_over(predecessor, handoff, serving));
                 }
                 None => {
                     let listener = handoff::listen(path, self.handoff_mode).map_err(|e| {
@@ -371,8 +446,11 @@ impl ListenersBuilder {
                         )
                     })?;
                     tokio::spawn(handoff.serve(listener));
+                    tokio::spawn(serving.announce());
                 }
             }
+        } else {
+            tokio::spawn(serving.announce());
         }
         for (name, socket, _) in &sockets {
             log_socket(origin, name, socket);
@@ -458,7 +536,7 @@ impl ListenersBuilder {
             })
             .collect::<io::Result<_>>()?;
         for (name, _) in available {
-            tracing::warn!(name, "{how} socket not configured here; closing it");
+            tracing::warn!(%name, "{how} socket not configured here; closing it");
         }
         Ok(picked)
     }
@@ -480,20 +558,42 @@ impl ListenersBuilder {
     }
 }
 
-/// In a successor: says ready once every listener accepts, then serves the
-/// handoff path for the next one.
-async fn take_over(
-    predecessor: Predecessor,
-    handoff: Handoff,
+/// When every listener serves: each gets a permit in `accepting` when it
+/// first accepts.
+struct Serving {
     accepting: Arc<Semaphore>,
     count: usize,
-) {
-    let all = u32::try_from(count).unwrap_or(u32::MAX);
-    let _ = accepting.acquire_many(all).await;
+    /// Tell the service manager then.
+    notify: bool,
+}
+
+impl Serving {
+    /// Resolves once every listener accepts.
+    async fn wait(&self) {
+        let all = u32::try_from(self.count).unwrap_or(u32::MAX);
+        let _ = self.accepting.acquire_many(all).await;
+    }
+
+    /// Tells the service manager that the server is ready once it is.
+    async fn announce(self) {
+        if self.notify {
+            self.wait().await;
+            notify::ready(false);
+        }
+    }
+}
+
+/// In a successor: says ready once every listener accepts, then serves the
+/// handoff path for the next one.
+async fn take_over(predecessor: Predecessor, handoff: Handoff, serving: Serving) {
+    serving.wait().await;
     match predecessor.ready(handoff.timeout).await {
         Ok(listener) => {
             handoff.restore_backlog();
             tracing::info!("took over from the predecessor");
+            if serving.notify {
+                notify::ready(true);
+            }
             handoff.serve(listener).await;
         }
         Err(error) => {

@@ -34,8 +34,10 @@ impl Watch {
             loop {
                 tokio::select! {
                     name = signals.recv() => {
-                        tracing::info!(signal = name, "signal received");
+                        // The drain first: a subscriber that panics (one
+                        // writing to a closed stderr) must not stop it.
                         watch.trigger();
+                        tracing::info!(signal = name, "signal received");
                     }
                     _ = &mut drained => return,
                 }

@@ -28,7 +28,11 @@ use crate::{DrainableListener, GracefulAccept, TrackedIo};
 /// drain has closed the listener it stays pending, and tonic stops polling
 /// it when the shutdown signal resolves.
 ///
-/// ```no_run
+/// Serving the standard health service (`tonic-health`, a dependency of the
+/// repository's `measure/` workspace member, where this fragment is compiled
+/// whole as `examples/grpc.rs`):
+///
+/// ```ignore
 /// use tokio::net::TcpListener;
 /// use tonic::transport::Server;
 /// use tower_drain::{DrainLayer, GracefulAccept, Watch};

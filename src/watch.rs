@@ -29,7 +29,7 @@ use crate::{
     future::{Drained, Draining, ListenersClosed, ShutdownSignal},
     io::{Slot, BETWEEN, READING_NEXT_HEAD, RECEIVING_BODY, RETIRING},
     observer::Observer,
-    report::{DrainKind, DrainReport, ForceCause},
+    report::{DrainKind, DrainReport, ForceCause, Rounded},
     shared::SharedSocket,
 };
 
@@ -563,6 +563,8 @@ pub(crate) struct Inner {
     listeners_shared: AtomicUsize,
     requests_completed: AtomicUsize,
     requests_aborted: AtomicUsize,
+    /// Set once a `DrainLayer` wrapped a service: requests are counted.
+    requests_counted: AtomicBool,
     /// Every open connection, through which the drain closes it.
     connections: Mutex<Slab<Arc<Slot>>>,
     /// Every open listener's standing across processes.
@@ -616,6 +618,7 @@ impl Inner {
             listeners_shared: AtomicUsize::new(0),
             requests_completed: AtomicUsize::new(0),
             requests_aborted: AtomicUsize::new(0),
+            requests_counted: AtomicBool::new(false),
             connections: Mutex::new(Slab::new()),
             listener_sockets: Mutex::new(Slab::new()),
             restart: AtomicBool::new(false),
@@ -665,7 +668,8 @@ impl Inner {
         !sockets.is_empty() && sockets.iter().all(|(_, shared)| shared.lives_on(&ours))
     }
 
-    fn kind(&self) -> DrainKind {
+    /// What the drain is for; settled before the trigger moves the phase.
+    pub(crate) fn kind(&self) -> DrainKind {
         if self.restart.load(SeqCst) {
             DrainKind::Restart
         } else {
@@ -990,13 +994,16 @@ impl Inner {
                 heads_cut_off = report.heads_cut_off,
                 connections_retired = report.connections_retired,
                 connections_closed_between_requests = report.connections_closed_between_requests,
-                requests_completed = report.requests_completed,
-                requests_aborted = report.requests_aborted,
+                // Only a `DrainLayer` counts requests.
+                requests_completed = report.requests_counted.then_some(report.requests_completed),
+                requests_aborted = report.requests_counted.then_some(report.requests_aborted),
                 connections_forced = report.connections_forced,
-                forced = ?report.forced,
-                lame_duck = ?report.lame_duck,
-                closing_listeners = ?report.closing_listeners,
-                closing_connections = ?report.closing_connections,
+                // Only when forced, and only for a lame duck period.
+                forced = report.forced.map(tracing::field::display),
+                lame_duck = (!report.lame_duck.is_zero())
+                    .then(|| tracing::field::display(Rounded(report.lame_duck))),
+                closing_listeners = %Rounded(report.closing_listeners),
+                closing_connections = %Rounded(report.closing_connections),
                 "drain complete",
             );
         }
@@ -1020,6 +1027,7 @@ impl Inner {
             listeners_shared: self.listeners_shared.load(SeqCst),
             requests_completed: self.requests_completed.load(SeqCst),
             requests_aborted: self.requests_aborted.load(SeqCst),
+            requests_counted: self.requests_counted.load(SeqCst),
             connections_forced: timeline.forced.map_or(0, |(_, _, open)| open),
             bodies_cut_off: self.bodies_cut_off.load(SeqCst),
             lingers_cut_off: self.lingers_cut_off.load(SeqCst),
@@ -1060,7 +1068,7 @@ impl Inner {
             drop(timeline);
             tracing::info!(
                 accepted_from_queue = self.accepted_from_queue.load(SeqCst),
-                ?elapsed,
+                elapsed = %Rounded(elapsed),
                 "all listeners closed",
             );
         }
@@ -1152,6 +1160,11 @@ impl Inner {
         if self.handshaking.fetch_sub(1, SeqCst) == 1 && self.is_draining() {
             self.notify.notify_waiters();
         }
+    }
+
+    /// A `DrainLayer` wrapped a service: the report counts requests.
+    pub(crate) fn count_requests(&self) {
+        self.requests_counted.store(true, SeqCst);
     }
 
     #[inline]

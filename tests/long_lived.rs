@@ -93,6 +93,6 @@ async fn websocket_client_that_never_answers_close_is_let_go() {
         "Close 1001"
     );
     let stopped = server.wait_for_log("stopped").await;
-    assert!(stopped.ends_with(", 0 connections forced"), "{stopped}");
+    assert!(!stopped.contains("forced"), "{stopped}");
     assert_eq!(server.exit().await.code(), Some(0));
 }

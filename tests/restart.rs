@@ -11,8 +11,7 @@ use common::{load::Load, process::*, *};
 /// Waits for `old` to report that it left its socket to another process,
 /// and to exit 0.
 async fn assert_left_and_exited(mut old: Process) {
-    old.wait_for_log("1 listeners left to another process")
-        .await;
+    old.wait_for_log("1 listener left to another process").await;
     assert_eq!(old.exit().await.code(), Some(0));
 }
 
@@ -176,4 +175,59 @@ async fn bad_restart_input_exits_two() {
         assert!(stderr.contains(message), "{args}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// systemd's own `systemd-socket-activate` binds the socket and starts the
+/// server at the first connection, which waits in the queue meanwhile and
+/// is answered; the server serves the inherited socket and drains at
+/// SIGTERM with exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_socket_activate_starts_the_server() {
+    use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+
+    /// Reads `log` until a line contains `text`.
+    async fn wait_for(
+        log: &mut Lines<BufReader<tokio::process::ChildStderr>>,
+        text: &str,
+    ) -> String {
+        within(text, async {
+            while let Some(line) = log.next_line().await.unwrap() {
+                if line.contains(text) {
+                    return line;
+                }
+            }
+            panic!("the log ended before {text:?}")
+        })
+        .await
+    }
+
+    let tool = "/usr/bin/systemd-socket-activate";
+    assert!(
+        std::path::Path::new(tool).exists(),
+        "{tool} is missing: install Debian's systemd package (.ci/run does)"
+    );
+    // The tool takes no port 0: a port free a moment ago.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = tokio::process::Command::new(tool)
+        .arg(format!("--listen={addr}"))
+        .arg(server_binary())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    wait_for(&mut log, "Listening on").await;
+
+    let first = tokio::spawn(one_request(addr, "/"));
+    let listening = wait_for(&mut log, "listening").await;
+    assert!(listening.contains("origin=ServiceManager"), "{listening}");
+    assert!(within("the first request", first).await.unwrap().is_ok());
+    assert!(one_request(addr, "/").await.is_ok());
+
+    assert_eq!(terminate(child).await.code(), Some(0));
 }

@@ -24,7 +24,7 @@ use axum::{
 use futures_util::{stream, Stream, StreamExt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, signal::unix::SignalKind};
 use tower_drain::{
     axum::TrackedConnection,
     restart::{Listeners, Origin},
@@ -40,6 +40,8 @@ pub(crate) struct Options {
     /// `None`: the `Watch`'s default.
     pub(crate) grace: Option<Duration>,
     pub(crate) lame_duck: Duration,
+    /// The signal that upgrades in place (`--upgrade-on`, with `--handoff`).
+    pub(crate) upgrade_on: Option<SignalKind>,
     /// PEM files (TLS server only).
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
@@ -73,6 +75,7 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
         handoff: None,
         grace: None,
         lame_duck: Duration::ZERO,
+        upgrade_on: None,
         cert: None,
         key: None,
     };
@@ -89,12 +92,31 @@ fn parse(mut args: impl Iterator<Item = String>, tls: bool, port: u16) -> Result
             "--handoff" => options.handoff = Some(value("--handoff")?.into()),
             "--grace" => options.grace = Some(seconds("--grace", &value("--grace")?)?),
             "--lame-duck" => options.lame_duck = seconds("--lame-duck", &value("--lame-duck")?)?,
+            "--upgrade-on" => options.upgrade_on = Some(signal_named(&value("--upgrade-on")?)?),
             "--cert" if tls => options.cert = Some(value("--cert")?.into()),
             "--key" if tls => options.key = Some(value("--key")?.into()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if options.upgrade_on.is_some() && options.handoff.is_none() {
+        return Err("--upgrade-on needs --handoff PATH".into());
+    }
     Ok(options)
+}
+
+/// `USR1` or `USR2` (with or without `SIG`): the signals an upgrade can use.
+/// SIGTERM, SIGINT and SIGHUP drain; the others have meanings of their own.
+fn signal_named(name: &str) -> Result<SignalKind, String> {
+    match name.trim_start_matches("SIG") {
+        "USR1" => Ok(SignalKind::user_defined1()),
+        "USR2" => Ok(SignalKind::user_defined2()),
+        "TERM" | "INT" | "HUP" => Err(format!(
+            "--upgrade-on {name}: that signal drains the server; use USR2 or USR1"
+        )),
+        _ => Err(format!(
+            "--upgrade-on {name:?}: not a signal an upgrade can use; use USR2 or USR1"
+        )),
+    }
 }
 
 fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
@@ -135,6 +157,9 @@ pub(crate) async fn listen(
         .reuse_port(options.reuse_port);
     if let Some(path) = &options.handoff {
         builder = builder.handoff(path);
+    }
+    if let Some(signal) = options.upgrade_on {
+        builder = builder.upgrade_on(signal);
     }
     let opened = builder.open(watch).await;
     let mut listeners = opened.map_err(|e| match e.kind() {

@@ -128,12 +128,7 @@ impl Process {
     }
 
     pub fn signal(&self, name: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(self.pid(), name);
     }
 
     pub async fn exit(mut self) -> ExitStatus {
@@ -184,3 +179,18 @@ pub async fn run_with(shell_prefix: &str, args: &str, stdin: Stdio) -> (ExitStat
 /// socket inherited from a service manager: fd 3, `LISTEN_PID` its own pid.
 pub const AS_SERVICE_MANAGER: &str =
     "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http;";
+
+/// Sends the signal `name` (such as `"TERM"`) to process `pid`.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit.
+pub async fn terminate(mut child: Child) -> ExitStatus {
+    send_signal(child.id().unwrap(), "TERM");
+    within("the server to exit", child.wait()).await.unwrap()
+}

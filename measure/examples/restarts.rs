@@ -3,7 +3,7 @@
 //! proxy.
 //!
 //! ```text
-//! cargo run --release --example restarts -- [--restarts N] [--clients N] [--between N]
+//! cargo run --release -p tower-drain-measure --example restarts -- [--restarts N] [--clients N] [--between N]
 //!     [--proxy nginx|haproxy] [--plot PATH.svg]
 //! ```
 //!

@@ -2,7 +2,7 @@
 //! `call`, the response future, the body read to its end, and the drop, on a
 //! bare `service_fn` answering `Full<Bytes>` without allocating, the same
 //! behind the counting layer, and behind `tower_drain::DrainLayer`:
-//! `cargo bench --bench layer`.
+//! `cargo bench -p tower-drain-measure --bench layer`.
 
 use std::{
     convert::Infallible,

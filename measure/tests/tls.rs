@@ -1,5 +1,6 @@
 //! Drain-safe TLS over real loopback sockets with real rustls clients.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -2,16 +2,18 @@
 //! starts complete, and their requests are served.
 //!
 //! ```text
-//! cargo run --release --features rustls --example tls -- \
-//!     [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--cert CERT.pem --key KEY.pem]
+//! cargo run --release -p tower-drain-measure --features rustls --example tls -- \
+//!     [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--upgrade-on SIGNAL] [--cert CERT.pem --key KEY.pem]
 //! ```
 //!
 //! Without `--cert`/`--key` it makes a self-signed certificate for
 //! `localhost` at start-up, writes it to a temporary file, and prints the
 //! `curl` command that trusts it. Routes, signals and exit codes are those of
-//! `server.rs`; a missing or invalid certificate or key exits 2.
+//! `examples/server.rs`; a missing or invalid certificate or key exits 2.
 
+#[path = "../../examples/logging/mod.rs"]
 mod logging;
+#[path = "../../examples/reference/mod.rs"]
 mod reference;
 
 use std::{
@@ -28,7 +30,7 @@ use tokio_rustls::rustls::{
 use tower_drain::TlsAccept;
 
 const USAGE: &str = "\
-usage: tls [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--cert CERT.pem --key KEY.pem]
+usage: tls [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--upgrade-on SIGNAL] [--cert CERT.pem --key KEY.pem]
 
   --addr ADDR     address to listen on (default 127.0.0.1:3443)
   --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
@@ -38,6 +40,10 @@ usage: tls [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-
   --lame-duck SECS
                   after the signal, report not ready (503 on /healthz) but
                   go on serving for this long before draining (default 0)
+  --upgrade-on SIGNAL
+                  on this signal (USR2 or USR1), start a successor from the
+                  same executable and arguments and hand it the socket over
+                  --handoff PATH (required with it)
   --cert FILE     PEM certificate chain (with --key; default: self-signed for localhost)
   --key FILE      PEM private key";
 

@@ -1,7 +1,7 @@
 //! How long a drain takes: the time from `watch.trigger()` to
 //! `axum::serve(GracefulAccept, app).with_graceful_shutdown(watch.shutdown_signal())`
 //! returning, timed by criterion (`iter_custom`, setup untimed):
-//! `cargo bench --bench drain_timing`.
+//! `cargo bench -p tower-drain-measure --bench drain_timing`.
 //!
 //! *N queued*: N clients connect and send `GET /` to a listener nobody
 //! accepts on; the watch is triggered, then `serve` starts, and every client

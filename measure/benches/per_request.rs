@@ -1,6 +1,6 @@
 //! Server instructions (callgrind) and heap allocations per request and per
 //! connection, for an axum hello-world served seven ways:
-//! `cargo bench --bench per_request` prints two markdown tables.
+//! `cargo bench -p tower-drain-measure --bench per_request` prints two markdown tables.
 //!
 //! The binary re-runs itself as a one-thread (`current_thread`) server child,
 //! the side named by `TOWER_DRAIN_BENCH_SIDE`, under `valgrind
@@ -206,7 +206,7 @@ fn main() -> io::Result<()> {
     }
     // `cargo test --all-targets` runs bench binaries without `--bench`.
     if !env::args().any(|arg| arg == "--bench") {
-        eprintln!("run with `cargo bench --bench per_request`");
+        eprintln!("run with `cargo bench -p tower-drain-measure --bench per_request`");
         return Ok(());
     }
     let valgrind = std::process::Command::new("valgrind")

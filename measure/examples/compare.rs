@@ -2,7 +2,7 @@
 //! when connections are queued in the kernel the moment shutdown starts.
 //!
 //! ```text
-//! cargo run --release --example compare -- [--queued N] [--trials N]
+//! cargo run --release -p tower-drain-measure --example compare -- [--queued N] [--trials N]
 //! ```
 //!
 //! Each trial binds a listener on 127.0.0.1, queues N connections that have

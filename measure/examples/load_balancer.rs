@@ -3,7 +3,7 @@
 //! and with a lame duck period.
 //!
 //! ```text
-//! cargo run --release --example load_balancer -- [--runs N] [--clients N] [--lag-ms N]
+//! cargo run --release -p tower-drain-measure --example load_balancer -- [--runs N] [--clients N] [--lag-ms N]
 //! ```
 //!
 //! Each run starts a backend on 127.0.0.1 and a simulated load balancer in
@@ -20,6 +20,7 @@
 //!
 //! Set `RUST_LOG=tower_drain=info` to see each drain's steps on stderr.
 
+#[path = "../../examples/logging/mod.rs"]
 mod logging;
 
 use std::{
@@ -471,7 +472,7 @@ fn print(options: &Options, tallies: &[(&str, Tally)]) {
         }
     }
     println!(
-        "\nCommand: `cargo run --release --example load_balancer -- --runs {} --clients {} --lag-ms {}`",
+        "\nCommand: `cargo run --release -p tower-drain-measure --example load_balancer -- --runs {} --clients {} --lag-ms {}`",
         options.runs,
         options.clients,
         options.lag.as_millis()
