@@ -37,7 +37,7 @@ impl Watch {
                         // The drain first: a subscriber that panics (one
                         // writing to a closed stderr) must not stop it.
                         watch.trigger();
-                        tracing::info!(signal = name, "signal received");
+                        tracing::info!(signal = %name, "signal received");
                     }
                     _ = &mut drained => return,
                 }
