@@ -18,9 +18,10 @@ use tokio::time::{Instant, Sleep};
 use crate::{
     future::Changes,
     io::{ConnectionToken, TrackedIo},
-    listener::DrainableListener,
+    listener::{DrainableListener, Mechanics},
     shared::SharedSocket,
-    watch::{Inner, Watch},
+    state::Inner,
+    watch::Watch,
 };
 
 /// Default [`GracefulAccept::queue_drain_limit`].
@@ -99,7 +100,7 @@ pub struct GracefulAccept<L: DrainableListener> {
     /// Connections the drain took from the queue, counted but not yet
     /// registered with the runtime nor handed out: one is handed out after
     /// each batch, and those left when the socket closes after it.
-    handoff: VecDeque<(ConnectionToken, L::Queued)>,
+    drained: VecDeque<(ConnectionToken, L::Queued)>,
     /// Armed after an accept error such as `EMFILE`: no accept until it fires.
     backoff: Option<Pin<Box<Sleep>>>,
     watch: Watch,
@@ -132,7 +133,7 @@ enum State<L> {
     Accepting { open: Open<L> },
     /// Emptying the kernel's queue; the socket closes when it is empty.
     Draining { open: Open<L>, drain: Drain },
-    /// The socket is closed; only connections in `handoff` are left.
+    /// The socket is closed; only connections in `drained` are left.
     Closed,
 }
 
@@ -189,7 +190,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
         };
         Self {
             state: State::Accepting { open },
-            handoff: VecDeque::new(),
+            drained: VecDeque::new(),
             backoff: None,
             changes: Box::pin(Changes::new(watch.inner.clone())),
             watch,
@@ -297,7 +298,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
 
     /// Moves the state on, and accepts the usual way where the state does.
     /// `Pending` when there is nothing to do until woken, or connections in
-    /// `handoff` to hand out first.
+    /// `drained` to hand out first.
     fn poll_listener(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(L::Io, L::Addr)>> {
         if matches!(self.state, State::Accepting { .. }) && self.poll_watch(cx) {
             self.start_drain();
@@ -320,7 +321,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
                     // An accept error is returned (`?`) like any other.
                     if !drain.take_batch(
                         &mut open.listener,
-                        &mut self.handoff,
+                        &mut self.drained,
                         &self.watch,
                         limit,
                     )? {
@@ -355,7 +356,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
 
     /// Registers and hands out the next connection the drain took.
     fn next_drained(&mut self) -> Option<Accepted<L>> {
-        while let Some((token, queued)) = self.handoff.pop_front() {
+        while let Some((token, queued)) = self.drained.pop_front() {
             match L::register(queued) {
                 Ok((io, addr)) => return Some((TrackedIo::with_token(io, token), addr)),
                 Err(error) => {
@@ -399,13 +400,13 @@ impl<L: DrainableListener> GracefulAccept<L> {
         }
         tracing::debug!(%local_addr, "draining the accept queue");
         let mut queued = Vec::new();
-        open.listener.steer_away(&mut queued);
+        open.listener.steer_away(Mechanics, &mut queued);
         for queued in queued {
-            self.handoff
+            self.drained
                 .push_back((ConnectionToken::new(&self.watch.inner), queued));
         }
         let drain = Drain {
-            accepted: self.handoff.len(),
+            accepted: self.drained.len(),
             until: Instant::now() + self.limits.timeout,
             stragglers: None,
         };
@@ -429,7 +430,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
         };
         let local_addr = describe(open.listener.local_addr());
         let accepted = drain.accepted;
-        let still_queued = open.listener.queue_len();
+        let still_queued = open.listener.queue_len(Mechanics);
         match still_queued {
             Some(reset) if reset > 0 => tracing::error!(
                 %local_addr,
@@ -446,7 +447,7 @@ impl<L: DrainableListener> GracefulAccept<L> {
         self.watch
             .inner
             .listener_drained(accepted, still_queued.unwrap_or(0));
-        open.listener.unsteer();
+        open.listener.unsteer(Mechanics);
         self.shared.close_copy();
     }
 }
@@ -466,12 +467,12 @@ impl Drain {
                 .is_some_and(|(until, _)| now >= *until)
     }
 
-    /// Takes up to a batch of queued connections into `handoff`, counting
+    /// Takes up to a batch of queued connections into `drained`, counting
     /// each at once; `true` once the kernel reports the queue empty.
     fn take_batch<L: DrainableListener>(
         &mut self,
         listener: &mut L,
-        handoff: &mut VecDeque<(ConnectionToken, L::Queued)>,
+        drained: &mut VecDeque<(ConnectionToken, L::Queued)>,
         watch: &Watch,
         limit: usize,
     ) -> io::Result<bool> {
@@ -480,7 +481,7 @@ impl Drain {
                 return Ok(true);
             };
             self.accepted += 1;
-            handoff.push_back((ConnectionToken::new(&watch.inner), queued));
+            drained.push_back((ConnectionToken::new(&watch.inner), queued));
         }
         Ok(false)
     }
@@ -505,12 +506,12 @@ impl<L: DrainableListener> Drop for GracefulAccept<L> {
         // Connections the drain took from the kernel's queue but the server
         // never took from us: closing them unread resets them, as the
         // kernel would have. The report must not call that clean.
-        if !self.handoff.is_empty() {
+        if !self.drained.is_empty() {
             tracing::error!(
-                connections = self.handoff.len(),
+                connections = self.drained.len(),
                 "dropped with connections taken from the queue but not yet handed to the server: they are reset",
             );
-            self.watch.inner.listener_drained(0, self.handoff.len());
+            self.watch.inner.listener_drained(0, self.drained.len());
         }
     }
 }
@@ -520,7 +521,7 @@ impl<L: DrainableListener + fmt::Debug> fmt::Debug for GracefulAccept<L> {
         f.debug_struct("GracefulAccept")
             .field("listener", &self.get_ref())
             .field("watch", &self.watch)
-            .field("handoff", &self.handoff.len())
+            .field("drained", &self.drained.len())
             .finish_non_exhaustive()
     }
 }

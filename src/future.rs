@@ -43,7 +43,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::{report::DrainReport, watch::Inner};
+use crate::{report::DrainReport, state::Inner};
 
 pin_project! {
     /// A registration for the next change of a drain, renewed each time it

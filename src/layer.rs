@@ -67,7 +67,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::watch::{Inner, Watch};
+use crate::{state::Inner, watch::Watch};
 
 /// A tower [`Layer`] that counts requests and asks HTTP/1 clients to close
 /// their connection once the drain is triggered; see the [module

@@ -62,8 +62,9 @@
 //! - [`Watch`] coordinates the drain: built with a [`WatchBuilder`] (bad
 //!   settings give a [`ConfigError`]), it moves through each [`Phase`], and
 //!   the futures in [`future`] wait for each step.
-//! - [`Observer`] sees the drain without controlling it; [`Readiness`]
-//!   answers load balancers and [`EndOnDrain`] ends a stream with it.
+//! - [`Observer`] sees the drain without controlling it (a `Watch` derefs to
+//!   one for its read methods); [`Readiness`] answers load balancers and
+//!   [`EndOnDrain`] ends a stream with it.
 //! - [`GracefulAccept`] drains any [`DrainableListener`] and wraps each
 //!   connection in a [`TrackedIo`]; `TlsAccept` and `TlsIo` (feature
 //!   `rustls`) do the same over TLS.
@@ -74,6 +75,25 @@
 //! - [`DrainReport`] says what the drain did, [`DrainKind`] whether it was a
 //!   restart, [`ForceCause`] why it was forced.
 //! - [`restart`] keeps sockets open across a restart.
+//!
+//! Inside, from the bottom up (no module imports one above it):
+//!
+//! - `state`: the shared state and the invariants concurrent code relies
+//!   on: phases, counters, the registry of connections (each a `Slot`) and
+//!   listeners, the end-of-drain check; `state::config` holds the settings.
+//! - `report`, `shared` and `siblings` (a socket's standing across
+//!   processes), `socket` (accepting without waiting, lowering the backlog),
+//!   `framing` (HTTP/1 request boundaries), `linger`, `sys` (the only
+//!   `unsafe`).
+//! - `future`: the futures that wait on the state; `timers`: the drain's
+//!   timed steps (lame duck end, cut-offs, deadline), one task per drain.
+//! - `requests`: following a connection's requests (protocol, request
+//!   heads, `Connection: close`), for `io` and `tls`.
+//! - `observer`, `watch`, `builder`, `signal`: the handles and their set-up.
+//! - `listener` and `reuseport` (steering a closing socket's new
+//!   connections away), `accept`, `io`, `tls`, `tonic`: listeners and
+//!   connections; `layer`, `axum`, `readiness`, `stream`: requests.
+//! - `restart/`: listeners, handoff, activation, bind, upgrade, notify.
 //!
 //! # Restarts
 //!
@@ -96,25 +116,19 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod accept;
-#[cfg(unix)]
-mod activation;
 #[cfg(feature = "axum")]
 pub mod axum;
-#[cfg(unix)]
-mod bind;
+mod builder;
 mod framing;
 pub mod future;
-#[cfg(unix)]
-mod handoff;
 mod io;
 pub mod layer;
 mod linger;
 mod listener;
-#[cfg(unix)]
-mod notify;
 mod observer;
 mod readiness;
 mod report;
+mod requests;
 #[cfg(unix)]
 pub mod restart;
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -122,28 +136,31 @@ mod reuseport;
 mod shared;
 mod siblings;
 mod signal;
+mod socket;
+mod state;
 mod stream;
 #[cfg(unix)]
 mod sys;
+mod timers;
 #[cfg(feature = "rustls")]
 mod tls;
 #[cfg(feature = "tonic")]
 mod tonic;
-#[cfg(unix)]
-mod upgrade;
 mod watch;
 
 pub use crate::accept::GracefulAccept;
+pub use crate::builder::{ConfigError, WatchBuilder};
 pub use crate::io::TrackedIo;
 pub use crate::layer::DrainLayer;
 pub use crate::listener::DrainableListener;
 pub use crate::observer::Observer;
 pub use crate::readiness::Readiness;
 pub use crate::report::{DrainKind, DrainReport, ForceCause};
+pub use crate::state::Phase;
 pub use crate::stream::EndOnDrain;
 #[cfg(feature = "rustls")]
 pub use crate::tls::{TlsAccept, TlsIo};
-pub use crate::watch::{ConfigError, Phase, Watch, WatchBuilder};
+pub use crate::watch::Watch;
 
 /// The README's Rust snippets that are not marked `ignore`, compiled as
 /// doctests so that the README cannot drift from the crate.

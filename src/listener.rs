@@ -6,11 +6,14 @@ use std::{
     task::{Context, Poll},
 };
 
-use socket2::{SockAddr, SockRef, Socket};
+use socket2::SockRef;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
 };
+
+pub(crate) use self::mechanics::Mechanics;
+use crate::socket::{accept_now, lower_backlog};
 
 /// A listener that [`GracefulAccept`](crate::GracefulAccept) can drain.
 ///
@@ -38,10 +41,17 @@ use tokio::{
 ///   runtime); [`register`](Self::register) finishes that when the server
 ///   takes it. Where there is nothing to defer, `Queued` is `Io` and
 ///   `register` returns it.
-/// - `steer_away`, `unsteer` and `queue_len` have defaults that do nothing.
 ///
 /// Dropping the listener must close it: `GracefulAccept` drops it once the
 /// queue is empty.
+///
+/// These four methods are all a listener implements. What else the drain
+/// does to tokio's own listeners before it closes them (lowering the
+/// backlog, steering new connections to `SO_REUSEPORT` siblings, asking the
+/// kernel how many connections are still queued) is the drain's mechanics,
+/// not part of this trait's contract: those methods take a value only
+/// tower-drain can make, so they can be neither called nor overridden
+/// outside it, and for another listener they do nothing.
 pub trait DrainableListener: Send + 'static {
     /// The accepted connection.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -83,20 +93,23 @@ pub trait DrainableListener: Send + 'static {
     /// For tokio's listeners it lowers the backlog to 0, and for a TCP
     /// socket in an `SO_REUSEPORT` group on Linux it steers new connections
     /// to the other members.
-    fn steer_away(&mut self, queued: &mut Vec<Self::Queued>) {
+    #[doc(hidden)]
+    fn steer_away(&mut self, _: Mechanics, queued: &mut Vec<Self::Queued>) {
         let _ = queued;
     }
 
     /// Called just before the drained socket closes: undoes whatever
     /// [`steer_away`](Self::steer_away) left that outlives the socket (an
     /// `SO_REUSEPORT` group's program). The default does nothing.
-    fn unsteer(&mut self) {}
+    #[doc(hidden)]
+    fn unsteer(&mut self, _: Mechanics) {}
 
     /// How many connections wait in the queue, if the kernel says: asked
     /// just before the drained socket closes, since the close resets them.
     /// The default says nothing (`None`); tokio's `TcpListener` answers on
     /// Linux.
-    fn queue_len(&self) -> Option<usize> {
+    #[doc(hidden)]
+    fn queue_len(&self, _: Mechanics) -> Option<usize> {
         None
     }
 
@@ -106,30 +119,6 @@ pub trait DrainableListener: Send + 'static {
     ///
     /// Whatever getsockname(2) reports.
     fn local_addr(&self) -> io::Result<Self::Addr>;
-}
-
-/// Takes one connection from `listener`'s queue with a non-blocking
-/// accept(2), returning it non-blocking and close-on-exec, or `None` if the
-/// queue is empty.
-pub(crate) fn accept_now(listener: SockRef<'_>) -> io::Result<Option<(Socket, SockAddr)>> {
-    match accept_nonblocking(listener) {
-        Ok(accepted) => Ok(Some(accepted)),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// One accept4(2) where there is one: no `fcntl` calls after it.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn accept_nonblocking(listener: SockRef<'_>) -> io::Result<(Socket, SockAddr)> {
-    listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn accept_nonblocking(listener: SockRef<'_>) -> io::Result<(Socket, SockAddr)> {
-    let (socket, addr) = listener.accept()?;
-    socket.set_nonblocking(true)?;
-    Ok((socket, addr))
 }
 
 impl DrainableListener for TcpListener {
@@ -156,22 +145,22 @@ impl DrainableListener for TcpListener {
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn steer_away(&mut self, queued: &mut Vec<Self::Queued>) {
+    fn steer_away(&mut self, _: Mechanics, queued: &mut Vec<Self::Queued>) {
         crate::reuseport::steer_away(self, queued);
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn steer_away(&mut self, _: &mut Vec<Self::Queued>) {
+    fn steer_away(&mut self, _: Mechanics, _: &mut Vec<Self::Queued>) {
         lower_backlog(SockRef::from(&*self));
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn unsteer(&mut self) {
+    fn unsteer(&mut self, _: Mechanics) {
         crate::reuseport::unsteer(self);
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn queue_len(&self) -> Option<usize> {
+    fn queue_len(&self, _: Mechanics) -> Option<usize> {
         use std::os::fd::AsFd;
         crate::sys::accept_queue_len(self.as_fd()).ok()
     }
@@ -201,7 +190,7 @@ impl DrainableListener for tokio::net::UnixListener {
         Ok((stream, addr))
     }
 
-    fn steer_away(&mut self, _: &mut Vec<Self::Queued>) {
+    fn steer_away(&mut self, _: Mechanics, _: &mut Vec<Self::Queued>) {
         lower_backlog(SockRef::from(&*self));
     }
 
@@ -210,10 +199,14 @@ impl DrainableListener for tokio::net::UnixListener {
     }
 }
 
-/// listen(2) again with a backlog of 0: new connections are no longer queued
-/// while the queue holds one, so they are retried later instead of reset.
-pub(crate) fn lower_backlog(listener: SockRef<'_>) {
-    if let Err(error) = listener.listen(0) {
-        tracing::debug!(%error, "cannot lower the backlog");
-    }
+mod mechanics {
+    /// What only tower-drain can make: the argument of the
+    /// [`DrainableListener`](super::DrainableListener) methods that are the
+    /// drain's mechanics, so that no other crate calls or overrides them.
+    #[derive(Debug, Clone, Copy)]
+    #[allow(
+        unreachable_pub,
+        reason = "named in a public trait, made in this crate alone"
+    )]
+    pub struct Mechanics;
 }

@@ -1,6 +1,7 @@
 //! What observes a drain without controlling it: an [`Observer`] tells
 //! handlers, long-lived responses and readiness checks where the drain stands,
-//! and cannot trigger or force it. The [`Watch`] hands them out.
+//! and cannot trigger or force it. The [`Watch`] hands them out, and derefs
+//! to its own: these read methods are the one home of what both answer.
 //!
 //! [`Watch`]: crate::Watch
 
@@ -8,7 +9,7 @@ use std::{fmt, sync::Arc};
 
 use crate::{
     future::Draining,
-    watch::{Inner, Phase},
+    state::{Inner, Phase},
 };
 
 /// A read-only view of a drain: its phase, and a future that resolves when
@@ -31,7 +32,9 @@ use crate::{
 /// ```
 #[derive(Clone)]
 pub struct Observer {
-    inner: Arc<Inner>,
+    /// The drain's shared state, which every part of the crate reports to
+    /// (through the [`Watch`](crate::Watch) that derefs to this).
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Observer {
@@ -39,26 +42,30 @@ impl Observer {
         Self { inner }
     }
 
-    /// Where the drain stands.
+    /// Where the drain stands: the current phase.
     pub fn phase(&self) -> Phase {
         self.inner.phase()
     }
 
     /// `true` until the trigger, and through a restart's drain
     /// ([`DrainKind::Restart`](crate::DrainKind::Restart)): the answer a
-    /// readiness check wants.
+    /// readiness check wants. [`Readiness`](crate::Readiness) serves it.
     pub fn is_ready(&self) -> bool {
         self.inner.is_ready()
     }
 
-    /// `true` once the drain proper has started (after the lame duck period,
-    /// if any), and after it has ended.
+    /// `true` once the drain proper has started (after the
+    /// [`lame_duck`](crate::WatchBuilder::lame_duck) period, if any),
+    /// including once it has ended. For readiness, use
+    /// [`is_ready`](Self::is_ready), which turns at the trigger.
     pub fn is_draining(&self) -> bool {
         self.inner.is_draining()
     }
 
-    /// Resolves once the drain has started (at once if it has): the moment
-    /// for a long-lived response to end itself.
+    /// Resolves once the drain has started (at once if it has): at the
+    /// trigger, or at the end of the
+    /// [`lame_duck`](crate::WatchBuilder::lame_duck) period; the moment for a
+    /// long-lived response to end itself.
     pub fn draining(&self) -> Draining {
         Draining::new(self.inner.clone())
     }

@@ -70,9 +70,13 @@ pub struct DrainReport {
     /// Listeners whose socket another process also held (a successor, or a
     /// service manager): closed without draining, their queue left to it.
     pub listeners_shared: usize,
-    /// Requests whose whole response was produced (their response body
-    /// ended) after the trigger. Counted by a
-    /// [`DrainLayer`](crate::DrainLayer): zero without one.
+    /// Requests that ended with their response after the trigger. Counted
+    /// by a [`DrainLayer`](crate::DrainLayer): zero without one. Where a
+    /// request ends is where [`Watch::requests`](crate::Watch::requests)
+    /// stops counting it: through `Router::layer` (or any other service)
+    /// when its response body ended; around a whole router
+    /// (`DrainLayer::around_router`, feature `axum`) when
+    /// its response head was ready.
     pub requests_completed: usize,
     /// Requests that ended after the trigger without their whole response:
     /// the handler's future or the response body was dropped (the client

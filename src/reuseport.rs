@@ -34,7 +34,7 @@ use nix::{
 use socket2::SockRef;
 use tokio::net::TcpListener;
 
-use crate::listener::{accept_now, lower_backlog};
+use crate::socket::{accept_now, lower_backlog};
 
 /// Indices probed to find the socket's own place in its group.
 const MAX_PROBED_INDEX: u32 = 16;

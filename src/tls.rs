@@ -18,9 +18,7 @@ use tokio::{
 use tokio_rustls::{rustls::ServerConfig, server::TlsStream, TlsAcceptor};
 
 use crate::{
-    io::Requests,
-    watch::{Inner, Watch},
-    DrainableListener, GracefulAccept, TrackedIo,
+    requests::Requests, state::Inner, watch::Watch, DrainableListener, GracefulAccept, TrackedIo,
 };
 
 /// Default [`TlsAccept::handshake_timeout`].

@@ -9,6 +9,7 @@ use std::{io, os::fd::RawFd, sync::Mutex};
 
 use socket2::{Socket, Type};
 
+use super::sockets::{invalid, NamedSocket};
 use crate::sys;
 
 /// The first descriptor a service manager passes (`SD_LISTEN_FDS_START`).
@@ -18,21 +19,13 @@ const FIRST_FD: RawFd = 3;
 /// same descriptors: the first takes them, later ones find nothing.
 static TAKE: Mutex<()> = Mutex::new(());
 
-/// A listening socket inherited from the service manager.
-#[derive(Debug)]
-pub(crate) struct Inherited {
-    /// Its `FileDescriptorName=` (systemd's default is the socket unit's name).
-    pub(crate) name: String,
-    pub(crate) socket: Socket,
-}
-
 /// Takes the sockets passed to this process, if any, and clears the
 /// variables so that child processes do not take them too. Each is checked
 /// to be a listening stream socket and made non-blocking and close-on-exec.
 ///
 /// `Ok(None)`: no sockets were passed to this process (no `LISTEN_PID`, or
 /// one naming another process).
-pub(crate) fn take() -> io::Result<Option<Vec<Inherited>>> {
+pub(crate) fn take() -> io::Result<Option<Vec<NamedSocket>>> {
     let _taking = TAKE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(pid) = std::env::var_os("LISTEN_PID") else {
         return Ok(None);
@@ -64,7 +57,7 @@ pub(crate) fn take() -> io::Result<Option<Vec<Inherited>>> {
                 .as_mut()
                 .and_then(Iterator::next)
                 .map_or_else(|| format!("fd{fd}"), str::to_owned);
-            adopt(fd).map(|socket| Inherited { name, socket })
+            adopt(fd).map(|socket| NamedSocket { name, socket })
         })
         .collect::<io::Result<_>>()
         .map(Some)
@@ -87,8 +80,4 @@ fn adopt(fd: RawFd) -> io::Result<Socket> {
     socket.set_nonblocking(true).map_err(what)?;
     socket.set_cloexec(true).map_err(what)?;
     Ok(socket)
-}
-
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, message)
 }

@@ -19,7 +19,7 @@ use std::{future::poll_fn, pin::pin, sync::Arc, time::Duration};
 
 use sd_notify::NotifyState;
 
-use crate::{future::Changes, report::DrainKind, watch::Inner, Watch};
+use crate::{future::Changes, report::DrainKind, state::Inner, Watch};
 
 /// How much longer than the time left to the deadline the service manager
 /// is asked to wait at a shutdown: for the report and the process's exit.

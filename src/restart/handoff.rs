@@ -48,6 +48,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
+use super::sockets::NamedSocket;
 use crate::{shared::SharedSocket, sys, watch::Watch};
 
 /// The first line's prefix; the version changes with any change to the
@@ -72,7 +73,15 @@ pub(crate) struct Predecessor {
 }
 
 /// The named listening sockets a handoff carries.
-pub(crate) type Sockets = Vec<(String, Socket)>;
+pub(crate) type Sockets = Vec<NamedSocket>;
+
+/// A socket the running server offers its successor: its name, and its
+/// standing across processes, which holds the copy to send.
+#[derive(Debug)]
+pub(crate) struct Offered {
+    pub(crate) name: String,
+    pub(crate) shared: Arc<SharedSocket>,
+}
 
 /// Who may be on the other end of a handoff: a process of this one's
 /// effective uid, root, or one of the uids or gids allowed.
@@ -245,7 +254,12 @@ async fn receive(conn: &UnixStream) -> io::Result<(Sockets, Socket)> {
         })
         .collect::<io::Result<Vec<_>>>()?;
     let listener = sockets.pop().expect("count + 1 descriptors");
-    Ok((names.into_iter().zip(sockets).collect(), listener))
+    let sockets = names
+        .into_iter()
+        .zip(sockets)
+        .map(|(name, socket)| NamedSocket { name, socket })
+        .collect();
+    Ok((sockets, listener))
 }
 
 fn bad_message(what: &str) -> io::Error {
@@ -282,7 +296,7 @@ async fn expect(
 /// sockets over or the drain starts.
 #[derive(Debug)]
 pub(crate) struct Handoff {
-    pub(crate) sockets: Vec<(String, Arc<SharedSocket>)>,
+    pub(crate) sockets: Vec<Offered>,
     pub(crate) watch: Watch,
     pub(crate) timeout: Duration,
     /// The backlog to restore on received sockets (see [`Handoff::restore_backlog`]).
@@ -324,7 +338,7 @@ impl Handoff {
     /// drain started before the handoff finished lowered it to 0 on the
     /// socket this process now serves.
     pub(crate) fn restore_backlog(&self) {
-        for (name, shared) in &self.sockets {
+        for Offered { name, shared } in &self.sockets {
             if let Some(Err(error)) = shared.lock_copy().as_ref().map(|s| s.listen(self.backlog)) {
                 tracing::warn!(%name, %error, "cannot restore the backlog");
             }
@@ -344,7 +358,7 @@ impl Handoff {
         );
         self.send(&conn, listener).await?;
         expect(&mut conn, READY, self.timeout, "the successor").await?;
-        for (_, shared) in &self.sockets {
+        for Offered { shared, .. } in &self.sockets {
             shared.set_elsewhere();
         }
         tracing::info!("the successor accepts on every listener; handing over and draining");
@@ -359,7 +373,7 @@ impl Handoff {
     async fn send(&self, conn: &UnixStream, listener: &UnixListener) -> io::Result<()> {
         let mut text = format!("{HEADER} {}\n", self.sockets.len());
         let listener = listener.as_raw_fd();
-        for (name, _) in &self.sockets {
+        for Offered { name, .. } in &self.sockets {
             text.push_str(name);
             text.push('\n');
         }
@@ -367,7 +381,7 @@ impl Handoff {
             .async_io(Interest::WRITABLE, || {
                 // Each copy is used under its lock, so a listener closing
                 // meanwhile either is refused here or closes after the send.
-                let copies: Vec<_> = self.sockets.iter().map(|(_, s)| s.lock_copy()).collect();
+                let copies: Vec<_> = self.sockets.iter().map(|o| o.shared.lock_copy()).collect();
                 let fds = copies
                     .iter()
                     .map(|copy| copy.as_ref().map(AsRawFd::as_raw_fd))

@@ -8,7 +8,7 @@
 //!
 //! Under systemd the successor is started by the service's main process, so
 //! it runs in the service's control group, and it tells the service manager
-//! that it is the new main process (`MAINPID=`, see [`crate::notify`]).
+//! that it is the new main process (`MAINPID=`, see `notify`).
 
 use std::{ffi::OsString, io, path::PathBuf, process::ExitStatus, time::Duration};
 
@@ -17,7 +17,8 @@ use tokio::{
     signal::unix::{signal, Signal, SignalKind},
 };
 
-use crate::{notify, report::DrainKind, Watch};
+use super::notify;
+use crate::{report::DrainKind, Watch};
 
 /// Default [`ListenersBuilder::upgrade_timeout`](crate::restart::ListenersBuilder::upgrade_timeout).
 pub(crate) const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,43 +1,6 @@
-//! Restarts that lose nothing: [`Listeners`] gives a server the listening
-//! sockets it should serve (inherited from a service manager, received from
-//! the server it replaces, or freshly bound) and hands them to its own
-//! successor.
-//!
-//! ```no_run
-//! use axum::{routing::get, Router};
-//! use tower_drain::{restart::Listeners, Watch};
-//!
-//! # #[tokio::main]
-//! # async fn main() -> std::io::Result<()> {
-//! let watch = Watch::new();
-//! watch.trigger_on_signals()?;
-//! let mut listeners = Listeners::builder()
-//!     .tcp("http", "127.0.0.1:3000".parse().unwrap())
-//!     .handoff("/run/app/handoff.sock")
-//!     .open(&watch)
-//!     .await?;
-//! let app = Router::new().route("/", get(|| async { "hello" }));
-//! axum::serve(listeners.tcp("http")?, app)
-//!     .with_graceful_shutdown(watch.shutdown_signal())
-//!     .await?;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! Start a second copy of this program and it takes the socket over: the
-//! first one drains its own connections and exits, while the socket and its
-//! accept queue live on in the second. Under systemd socket activation the
-//! service manager holds the socket, and the same program serves it.
-//!
-//! # What is guaranteed
-//!
-//! - Handoff and socket activation: the socket is never closed while it has
-//!   a queue, so no connection is reset or refused by the restart.
-//! - Independent `SO_REUSEPORT` sockets ([`ListenersBuilder::reuse_port`]
-//!   without a handoff): best effort. The draining socket lowers its backlog
-//!   and steers new connections to its siblings before it closes, but the
-//!   kernel still resets a connection that reaches it in the instant of the
-//!   close.
+//! The sockets a server serves across restarts: [`Listeners`], opened by a
+//! [`ListenersBuilder`] from a service manager's sockets, a predecessor's or
+//! freshly bound ones, and handed to each server's successor.
 
 use std::{
     collections::VecDeque, fmt, io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
@@ -50,14 +13,15 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{
+use super::{
     activation,
     bind::BindOptions,
-    handoff::{self, Handoff, Predecessor, Trust, MAX_SOCKETS},
+    handoff::{self, Handoff, Offered, Predecessor, Trust, MAX_SOCKETS},
     notify,
-    shared::SharedSocket,
-    upgrade, GracefulAccept, Watch,
+    sockets::{invalid, NamedSocket},
+    upgrade,
 };
+use crate::{shared::SharedSocket, GracefulAccept, Watch};
 
 /// Default [`ListenersBuilder::handoff_timeout`].
 const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,9 +80,17 @@ pub struct ListenersBuilder {
 pub struct Listeners {
     origin: Origin,
     watch: Watch,
-    sockets: Vec<(String, Socket, Arc<SharedSocket>)>,
+    sockets: Vec<Listening>,
     /// The names of the sockets already taken.
     taken: Vec<String>,
+}
+
+/// A socket to serve: its name, and its standing across processes, which
+/// its [`GracefulAccept`] and the handoff share.
+struct Listening {
+    name: String,
+    socket: Socket,
+    shared: Arc<SharedSocket>,
 }
 
 impl Listeners {
@@ -178,7 +150,7 @@ impl Listeners {
         let at = self
             .sockets
             .iter()
-            .position(|(n, ..)| n == name)
+            .position(|listening| listening.name == name)
             .ok_or_else(|| {
                 let why = if self.taken.iter().any(|n| n == name) {
                     format!("listener {name:?} was already taken")
@@ -187,14 +159,18 @@ impl Listeners {
                 };
                 io::Error::new(io::ErrorKind::NotFound, why)
             })?;
-        if socket_is_unix(&self.sockets[at].1)? != unix {
+        if socket_is_unix(&self.sockets[at].socket)? != unix {
             let kind = if unix { "a Unix" } else { "a TCP" };
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("listener {name:?} is not {kind} socket"),
             ));
         }
-        let (name, socket, shared) = self.sockets.swap_remove(at);
+        let Listening {
+            name,
+            socket,
+            shared,
+        } = self.sockets.swap_remove(at);
         self.taken.push(name);
         Ok((socket, shared))
     }
@@ -203,7 +179,7 @@ impl Listeners {
 impl Drop for Listeners {
     fn drop(&mut self) {
         // A socket nobody took must close, copies included.
-        for (name, _, shared) in self.sockets.drain(..) {
+        for Listening { name, shared, .. } in self.sockets.drain(..) {
             tracing::warn!(%name, "listener never taken; closing it");
             shared.close_copy();
         }
@@ -216,7 +192,7 @@ impl fmt::Debug for Listeners {
             .field("origin", &self.origin)
             .field(
                 "names",
-                &self.sockets.iter().map(|(n, ..)| n).collect::<Vec<_>>(),
+                &self.sockets.iter().map(|l| &l.name).collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -391,7 +367,6 @@ impl ListenersBuilder {
         }
         let mut successor = None;
         let (origin, sockets) = if let Some(inherited) = activation::take()? {
-            let inherited = inherited.into_iter().map(|i| (i.name, i.socket)).collect();
             (
                 Origin::ServiceManager,
                 self.pick(inherited, Origin::ServiceManager)?,
@@ -408,7 +383,7 @@ impl ListenersBuilder {
         let accepting = Arc::new(Semaphore::new(0));
         let sockets = sockets
             .into_iter()
-            .map(|(name, socket)| self.share(origin, name, socket, &accepting))
+            .map(|named| self.share(origin, named, &accepting))
             .collect::<io::Result<Vec<_>>>()?;
         let serving = Serving {
             accepting,
@@ -425,7 +400,10 @@ impl ListenersBuilder {
             let handoff = Handoff {
                 sockets: sockets
                     .iter()
-                    .map(|(n, _, s)| (n.clone(), s.clone()))
+                    .map(|listening| Offered {
+                        name: listening.name.clone(),
+                        shared: listening.shared.clone(),
+                    })
                     .collect(),
                 watch: watch.clone(),
                 timeout: self.handoff_timeout,
@@ -452,8 +430,8 @@ impl ListenersBuilder {
         } else {
             tokio::spawn(serving.announce());
         }
-        for (name, socket, _) in &sockets {
-            log_socket(origin, name, socket);
+        for listening in &sockets {
+            log_socket(origin, &listening.name, &listening.socket);
         }
         Ok(Listeners {
             origin,
@@ -468,10 +446,9 @@ impl ListenersBuilder {
     fn share(
         &self,
         origin: Origin,
-        name: String,
-        socket: Socket,
+        NamedSocket { name, socket }: NamedSocket,
         accepting: &Arc<Semaphore>,
-    ) -> io::Result<(String, Socket, Arc<SharedSocket>)> {
+    ) -> io::Result<Listening> {
         let mut shared = match origin {
             Origin::ServiceManager => SharedSocket::elsewhere(),
             Origin::Predecessor | Origin::Bound => SharedSocket::default(),
@@ -482,7 +459,11 @@ impl ListenersBuilder {
         let shared = shared
             .with_accepting(accepting.clone())
             .with_siblings_of(&socket);
-        Ok((name, socket, Arc::new(shared)))
+        Ok(Listening {
+            name,
+            socket,
+            shared: Arc::new(shared),
+        })
     }
 
     async fn connect(&self) -> io::Result<Option<(Predecessor, handoff::Sockets)>> {
@@ -499,11 +480,7 @@ impl ListenersBuilder {
     /// port of 0 takes any), so that a successor never serves another
     /// address than it was told without saying so. Sockets left over are
     /// closed.
-    fn pick(
-        &self,
-        available: Vec<(String, Socket)>,
-        origin: Origin,
-    ) -> io::Result<Vec<(String, Socket)>> {
+    fn pick(&self, available: Vec<NamedSocket>, origin: Origin) -> io::Result<Vec<NamedSocket>> {
         let how = match origin {
             Origin::ServiceManager => "inherited",
             Origin::Predecessor | Origin::Bound => "received",
@@ -512,36 +489,43 @@ impl ListenersBuilder {
         if let ([(name, _)], 1, Origin::ServiceManager) =
             (self.addresses.as_slice(), available.len(), origin)
         {
-            let (_, socket) = available.pop_front().expect("one socket");
-            return Ok(vec![(name.clone(), socket)]);
+            let NamedSocket { socket, .. } = available.pop_front().expect("one socket");
+            return Ok(vec![NamedSocket {
+                name: name.clone(),
+                socket,
+            }]);
         }
-        let names: Vec<_> = available.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<_> = available.iter().map(|s| s.name.clone()).collect();
         let picked = self
             .addresses
             .iter()
             .map(|(name, address)| {
                 let at = available
                     .iter()
-                    .position(|(n, _)| n == name)
+                    .position(|s| s.name == *name)
                     .ok_or_else(|| {
                         invalid(format!(
                             "no {how} socket named {name:?} (there are {names:?})"
                         ))
                     })?;
-                let (_, socket) = available.remove(at).expect("position is in range");
+                let NamedSocket { socket, .. } =
+                    available.remove(at).expect("position is in range");
                 if origin == Origin::Predecessor {
                     check_address(name, address, &socket)?;
                 }
-                Ok((name.clone(), socket))
+                Ok(NamedSocket {
+                    name: name.clone(),
+                    socket,
+                })
             })
             .collect::<io::Result<_>>()?;
-        for (name, _) in available {
+        for NamedSocket { name, .. } in available {
             tracing::warn!(%name, "{how} socket not configured here; closing it");
         }
         Ok(picked)
     }
 
-    fn bind(&self) -> io::Result<Vec<(String, Socket)>> {
+    fn bind(&self) -> io::Result<Vec<NamedSocket>> {
         self.addresses
             .iter()
             .map(|(name, address)| {
@@ -552,7 +536,10 @@ impl ListenersBuilder {
                 let describe = |e: io::Error| {
                     io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))
                 };
-                Ok((name.clone(), socket.map_err(describe)?))
+                Ok(NamedSocket {
+                    name: name.clone(),
+                    socket: socket.map_err(describe)?,
+                })
             })
             .collect()
     }
@@ -615,10 +602,6 @@ fn log_socket(origin: Origin, name: &str, socket: &Socket) {
 
 fn socket_is_unix(socket: &Socket) -> io::Result<bool> {
     Ok(socket.local_addr()?.is_unix())
-}
-
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
 /// Fails with `InvalidInput` unless `socket`, received from a predecessor
