@@ -10,18 +10,6 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_drain::{DrainReport, ForceCause, GracefulAccept, Phase, Watch};
 
-/// A listener nobody accepts on yet, and `count` clients queued on it, each
-/// with its request sent.
-async fn queued(count: usize) -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
-    let listener = bind(localhost(), false);
-    let addr = listener.local_addr().unwrap();
-    let mut clients = Vec::new();
-    for _ in 0..count {
-        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
-    }
-    (listener, clients)
-}
-
 /// Connections queued in the kernel when the drain starts, their requests
 /// already sent, are all answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,20 +17,10 @@ async fn queued_connections_are_all_served() {
     const QUEUED: usize = 50;
     let (listener, clients) = queued(QUEUED).await;
     // The drain starts before the server has accepted any of them.
-    let watch = Watch::new();
-    let listener = GracefulAccept::new(listener, watch.clone());
-    watch.trigger();
-    let server = Server::serve(listener);
+    let server = Server::drain_then_serve(GracefulAccept::new(listener, Watch::new()));
 
     for mut client in clients {
-        let outcome = within("a queued response", read_response(&mut client)).await;
-        assert_eq!(
-            outcome,
-            Outcome::Response {
-                status: 200,
-                connection_close: true
-            }
-        );
+        assert_served_and_closed(&mut client, "a queued response").await;
     }
     let report = server.stopped().await;
     assert_eq!(report.accepted_from_queue, QUEUED);
@@ -127,14 +105,7 @@ async fn in_flight_request_completes_then_serve_returns() {
     assert_eq!(server.watch.requests(), 1);
     server.gate.release_all();
 
-    let outcome = within("the held response", read_response(&mut client)).await;
-    assert_eq!(
-        outcome,
-        Outcome::Response {
-            status: 200,
-            connection_close: true
-        }
-    );
+    assert_served_and_closed(&mut client, "the held response").await;
     let report = server.stopped().await;
     assert_eq!(report.requests_completed, 1);
     assert_eq!(report.connections_forced, 0);

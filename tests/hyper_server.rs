@@ -4,6 +4,8 @@
 //! queued in the kernel at the trigger are all answered, and a streaming
 //! response holds the drain until its body ends.
 
+mod common;
+
 use std::{
     convert::Infallible,
     future::Future,
@@ -12,10 +14,10 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{ready, Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
+use common::within;
 use futures_util::{stream, FutureExt, StreamExt};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
 use hyper::{
@@ -35,17 +37,6 @@ use tokio::{
 };
 use tower::ServiceBuilder;
 use tower_drain::{DrainLayer, GracefulAccept, Watch};
-
-/// The outer bound on every wait: only reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Awaits `future`, failing the test if it takes longer than [`PATIENCE`].
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(PATIENCE, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
 
 /// The response body every route answers with.
 type Body = UnsyncBoxBody<Bytes, Infallible>;

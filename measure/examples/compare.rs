@@ -10,14 +10,15 @@
 //! already signalled, and counts how many clients get their response. Prints
 //! a Markdown table.
 
-mod support;
+#[path = "../../tests/common/mod.rs"]
+mod common;
 
 use std::future::{ready, Future};
 
 use tokio::net::TcpListener;
 use tower_drain::{GracefulAccept, Watch};
 
-use support::{answer, app, send, Tally};
+use common::{connect_and_send, hello as app, read_response, request, Tally};
 
 /// Queues `queued` requests on a new listener, runs `serve` on it, and
 /// tallies what the clients got.
@@ -30,11 +31,11 @@ where
     let addr = listener.local_addr().unwrap();
     let mut clients = Vec::new();
     for _ in 0..queued {
-        clients.push(send(addr, false).await.unwrap());
+        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
     }
     let server = tokio::spawn(serve(listener));
-    for client in clients {
-        tally.add(answer(client).await);
+    for mut client in clients {
+        tally.add(&read_response(&mut client).await);
     }
     server.await.unwrap();
 }

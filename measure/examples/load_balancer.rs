@@ -20,6 +20,8 @@
 //!
 //! Set `RUST_LOG=tower_drain=info` to see each drain's steps on stderr.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
 #[path = "../../examples/logging/mod.rs"]
 mod logging;
 
@@ -36,13 +38,14 @@ use std::{
 
 use axum::{http::StatusCode, routing::get, Router};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{watch, Notify},
     task::JoinHandle,
     time::Instant,
 };
 use tower_drain::{DrainLayer, GracefulAccept, Readiness, Watch};
+
+use common::{one_request, Outcome, Tally};
 
 /// How often the load balancer checks `/healthz`.
 const POLL_EVERY: Duration = Duration::from_millis(50);
@@ -197,130 +200,19 @@ where
     })
 }
 
-/// What became of one request.
-enum Outcome {
-    /// A complete response with this status.
-    Response(u16),
-    /// The connection attempt was refused.
-    Refused,
-    /// The connection was reset.
-    Reset,
-    /// The server closed the connection without a byte of answer.
-    Unanswered,
-    /// Anything else, said in words.
-    Other(String),
-}
-
 /// `GET path` on a new connection with `Connection: close`, every failure
-/// classified.
+/// classified, bounded by [`REQUEST_TIMEOUT`].
 async fn request(addr: SocketAddr, path: &str) -> Outcome {
-    let exchange = async {
-        let mut stream = match TcpStream::connect(addr).await {
-            Ok(stream) => stream,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Outcome::Refused,
-            Err(e) => return failed(&e),
-        };
-        let head = format!("GET {path} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n");
-        if let Err(e) = stream.write_all(head.as_bytes()).await {
-            return failed(&e);
-        }
-        let mut response = Vec::new();
-        match stream.read_to_end(&mut response).await {
-            Ok(_) => parse(&response),
-            Err(e) => failed(&e),
-        }
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    tokio::time::timeout(REQUEST_TIMEOUT, one_request(addr, path))
         .await
         .unwrap_or_else(|_| Outcome::Other("timed out".into()))
-}
-
-/// Classifies an I/O error on an established connection.
-fn failed(error: &io::Error) -> Outcome {
-    match error.kind() {
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Outcome::Reset,
-        _ => Outcome::Other(error.to_string()),
-    }
-}
-
-/// Reads a whole response: its status, if the head and the body announced by
-/// `Content-Length` are all there.
-fn parse(response: &[u8]) -> Outcome {
-    if response.is_empty() {
-        return Outcome::Unanswered;
-    }
-    let text = String::from_utf8_lossy(response);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Outcome::Other(format!("incomplete head {text:?}"));
-    };
-    let Some(status) = head.split(' ').nth(1).and_then(|s| s.parse().ok()) else {
-        return Outcome::Other(format!("no status in {head:?}"));
-    };
-    let length = head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())?
-    });
-    match length {
-        Some(length) if body.len() < length => {
-            Outcome::Other(format!("body cut short: {} of {length} bytes", body.len()))
-        }
-        _ => Outcome::Response(status),
-    }
-}
-
-/// What the clients got, summed over runs.
-#[derive(Default)]
-struct Tally {
-    requests: usize,
-    ok: usize,
-    refused: usize,
-    reset: usize,
-    unanswered: usize,
-    other: usize,
-    /// The first "other" outcome, to say what it was.
-    first_other: Option<String>,
-}
-
-impl Tally {
-    /// Counts one outcome.
-    fn add(&mut self, outcome: Outcome) {
-        self.requests += 1;
-        match outcome {
-            Outcome::Response(200) => self.ok += 1,
-            Outcome::Refused => self.refused += 1,
-            Outcome::Reset => self.reset += 1,
-            Outcome::Unanswered => self.unanswered += 1,
-            Outcome::Response(status) => self.add_other(format!("status {status}")),
-            Outcome::Other(what) => self.add_other(what),
-        }
-    }
-
-    /// Counts an outcome none of the columns covers.
-    fn add_other(&mut self, what: String) {
-        self.other += 1;
-        self.first_other.get_or_insert(what);
-    }
-
-    /// Adds another tally to this one.
-    fn merge(&mut self, other: Tally) {
-        self.requests += other.requests;
-        self.ok += other.ok;
-        self.refused += other.refused;
-        self.reset += other.reset;
-        self.unanswered += other.unanswered;
-        self.other += other.other;
-        if self.first_other.is_none() {
-            self.first_other = other.first_other;
-        }
-    }
 }
 
 /// One client of the load balancer: requests `/` without pause while it routes.
 async fn client(addr: SocketAddr, routing: watch::Receiver<bool>) -> Tally {
     let mut tally = Tally::default();
     while *routing.borrow() {
-        tally.add(request(addr, "/").await);
+        tally.add(&request(addr, "/").await);
     }
     tally
 }
@@ -338,7 +230,7 @@ async fn poll_health(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let seen = loop {
         ticks.tick().await;
-        if !matches!(request(addr, "/healthz").await, Outcome::Response(200)) {
+        if !request(addr, "/healthz").await.is_ok() {
             break Some(Instant::now());
         }
         if Instant::now() >= give_up {
@@ -463,7 +355,7 @@ fn print(options: &Options, tallies: &[(&str, Tally)]) {
     for (name, t) in tallies {
         println!(
             "| {name} | {} | {} | {} | {} | {} |",
-            t.requests, t.ok, t.refused, t.reset, t.unanswered
+            t.sent, t.served, t.refused, t.reset, t.unanswered
         );
     }
     for (name, t) in tallies {

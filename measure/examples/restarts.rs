@@ -54,12 +54,12 @@
 //!
 //! Servers are this same program run as `restarts serve ...`.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
 mod plot;
 mod proxies;
-mod support;
 
 use std::{
-    error::Error as _,
     io,
     net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
@@ -76,18 +76,15 @@ use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    net::TcpStream,
-    process::{Child, Command},
-    sync::watch,
-    task::JoinHandle,
-    time::Instant,
-};
+use tokio::{net::TcpStream, sync::watch, task::JoinHandle, time::Instant};
 use tower_drain::{restart::Listeners, DrainLayer, Readiness, Watch};
 
+use common::{
+    closing_request, connect_and_send, hello as app,
+    process::{Process, AS_SERVICE_MANAGER},
+    read_response, Outcome, Tally,
+};
 use proxies::{Kind, Proxy};
-use support::{answer, app, failure, send, Outcome, Tally};
 
 /// One way of restarting or shutting down, for one server: a row.
 #[derive(Clone, Copy)]
@@ -214,7 +211,7 @@ impl Row {
     async fn stop_load(&mut self, load: Load) {
         self.ended = Instant::now();
         let requests = load.stop().await;
-        for &(_, outcome) in &requests {
+        for (_, outcome) in &requests {
             self.tally.add(outcome);
         }
         self.requests.extend(requests);
@@ -234,7 +231,7 @@ impl Row {
         plot::Panel {
             title,
             requests: (self.requests.iter())
-                .map(|(at, outcome)| (since(at), matches!(outcome, Outcome::Served)))
+                .map(|(at, outcome)| (since(at), outcome.is_ok()))
                 .collect(),
             restarts: self.stops.iter().map(since).collect(),
             until: since(&self.ended),
@@ -309,7 +306,9 @@ impl Launcher {
                 (prefix, args, Stdio::from(socket))
             }
         };
-        Process::spawn(&self.program, prefix, &args, stdin).await
+        let mut server = Process::spawn(&self.program, prefix, &args, stdin).await;
+        server.echo_problems();
+        server
     }
 
     /// Stops `old` once `successor` listens; its exit status was 0.
@@ -317,7 +316,7 @@ impl Launcher {
         if self.way.socket != Socket::Handoff {
             old.signal("TERM");
         }
-        old.exit().await
+        (old.exit_within(EXIT_PATIENCE).await).is_some_and(|status| status.success())
     }
 }
 
@@ -395,7 +394,7 @@ async fn measure_restarts(way: Way, options: &Options) -> io::Result<Row> {
     row.stop_load(load).await;
     front.report();
     server.signal("TERM");
-    server.exit().await;
+    let _ = server.exit_within(EXIT_PATIENCE).await;
     Ok(row)
 }
 
@@ -415,7 +414,7 @@ async fn measure_shutdowns(way: Way, options: &Options) -> io::Result<Row> {
         row.stop_load(load).await;
         front.report();
         other.signal("TERM");
-        other.exit().await;
+        let _ = other.exit_within(EXIT_PATIENCE).await;
     }
     Ok(row)
 }
@@ -519,82 +518,8 @@ fn draw(path: &Path, options: &Options, rows: &[Row]) -> Result<(), Box<dyn std:
 
 // ---- the servers' processes and the load ----
 
-/// The `sh` prefix that passes a server's standard input to it as a socket
-/// inherited from a service manager: fd 3, `LISTEN_PID` its own pid.
-const AS_SERVICE_MANAGER: &str =
-    "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http;";
-
 /// How long an old server may take to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(60);
-
-/// A running server process.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Process {
-    /// Runs `program` with `args` after `shell_prefix` in `sh`, with `stdin`
-    /// as its standard input, and waits until it logs `listening ... addr=ADDR`.
-    async fn spawn(program: &Path, shell_prefix: &str, args: &str, stdin: Stdio) -> Self {
-        let command = format!("{shell_prefix} exec {} {args}", program.display());
-        let mut child = Command::new("sh")
-            .args(["-c", &command])
-            .stdin(stdin)
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start a server");
-        let mut log = BufReader::new(child.stderr.take().expect("piped")).lines();
-        let addr = loop {
-            let line = log.next_line().await.expect("read the server's log");
-            let line = line.expect("the server exited before it listened");
-            if let Some((_, addr)) = line
-                .split_once("listening")
-                .and_then(|(_, rest)| rest.split_once("addr="))
-            {
-                break addr
-                    .split(' ')
-                    .next()
-                    .unwrap_or_default()
-                    .parse()
-                    .expect("an address");
-            }
-        };
-        // Read the rest of the log, so that the server never blocks on a full
-        // pipe, and pass on what went wrong.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = log.next_line().await {
-                if [" WARN ", " ERROR ", "error:"]
-                    .iter()
-                    .any(|w| line.contains(w))
-                {
-                    eprintln!("  server: {line}");
-                }
-            }
-        });
-        Self { child, addr }
-    }
-
-    /// Sends the signal `name` to the server.
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("the server is running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} {pid}");
-    }
-
-    /// Waits for the server to exit, killing it after [`EXIT_PATIENCE`];
-    /// whether it exited by itself with status 0.
-    async fn exit(mut self) -> bool {
-        match tokio::time::timeout(EXIT_PATIENCE, self.child.wait()).await {
-            Ok(status) => status.expect("wait for the server").success(),
-            Err(_) => false,
-        }
-    }
-}
 
 /// When a request ended, and how.
 type Record = (Instant, Outcome);
@@ -686,9 +611,9 @@ impl Recorder {
 /// A client that opens a new connection per request.
 async fn connection_per_request(addr: SocketAddr, mut recorder: Recorder) -> Vec<Record> {
     while recorder.running() {
-        recorder.record(match send(addr, true).await {
-            Ok(stream) => answer(stream).await,
-            Err(error) => failure(&error),
+        recorder.record(match connect_and_send(addr, &closing_request("/")).await {
+            Ok(mut stream) => read_response(&mut stream).await,
+            Err(error) => Outcome::of_error(&error),
         });
     }
     recorder.records
@@ -700,7 +625,7 @@ async fn keep_alive(addr: SocketAddr, mut recorder: Recorder) -> Vec<Record> {
     while recorder.running() {
         match http1(addr).await {
             Ok(sender) => requests_on(sender, &mut recorder).await,
-            Err(error) => recorder.record(failure(&error)),
+            Err(error) => recorder.record(Outcome::of_error(&error)),
         }
     }
     recorder.records
@@ -728,26 +653,17 @@ async fn requests_on(mut sender: SendRequest<Empty<Bytes>>, recorder: &mut Recor
             .expect("a valid request");
         match sender.try_send_request(request).await {
             Ok(response) => {
-                let status = response.status().as_u16();
+                let outcome = Outcome::of_response(&response);
                 recorder.record(match response.into_body().collect().await {
-                    Ok(_) => Outcome::of_status(status),
-                    Err(error) => hyper_failure(&error),
+                    Ok(_) => outcome,
+                    Err(error) => Outcome::of_hyper_error(&error),
                 });
             }
             // Given back unsent: the connection closed before it was
             // written, so nobody read it.
             Err(error) if error.message().is_some() => return,
-            Err(error) => return recorder.record(hyper_failure(error.error())),
+            Err(error) => return recorder.record(Outcome::of_hyper_error(error.error())),
         }
-    }
-}
-
-/// The outcome of a request sent on a connection that failed with `error`.
-fn hyper_failure(error: &hyper::Error) -> Outcome {
-    match error.source().and_then(|e| e.downcast_ref::<io::Error>()) {
-        Some(error) => failure(error),
-        None if error.is_incomplete_message() => Outcome::Unanswered,
-        None => Outcome::Other,
     }
 }
 

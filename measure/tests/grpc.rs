@@ -4,16 +4,18 @@
 //! told to go away (GOAWAY) while the call is still running, and the drain
 //! ends clean only after the call.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use std::{
-    future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
-    time::Duration,
 };
 
+use common::within;
 use futures_util::stream;
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -33,23 +35,11 @@ use tonic_health::pb::{
 };
 use tower_drain::{DrainLayer, GracefulAccept, Phase, Watch};
 
-/// The outer bound on any wait: generous, so that a loaded machine never
-/// fails the test, and only reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(60);
-
 /// HTTP/2 frame type of GOAWAY (RFC 9113, section 6.8).
 const GOAWAY: u8 = 0x7;
 
 /// HTTP/2 error code `NO_ERROR`: a graceful shutdown.
 const NO_ERROR: u32 = 0;
-
-/// Awaits `future`, failing the test if it takes longer than [`PATIENCE`].
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(PATIENCE, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
 
 /// A health service whose `Check` waits in its handler until the test
 /// releases it, so the call is provably in flight.

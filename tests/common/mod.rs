@@ -1,17 +1,23 @@
 //! Shared pieces of the end-to-end tests: a test app, a server on a real
 //! loopback socket, and raw HTTP/1.1 clients that classify every outcome.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod client;
 pub mod generations;
 pub mod load;
+pub mod outcome;
 pub mod process;
+pub mod tally;
+
+pub use client::*;
+pub use outcome::Outcome;
+pub use tally::Tally;
 
 use std::{future::IntoFuture, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{extract::State, routing::get, Router};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::{Notify, Semaphore},
     task::JoinHandle,
@@ -70,6 +76,11 @@ struct AppState {
     gate: Gate,
 }
 
+/// The app every measured server serves: `/` answers `hello`.
+pub fn hello() -> Router {
+    Router::new().route("/", get(|| async { "hello" }))
+}
+
 /// `/` answers `hello`; `/hold` waits for [`Gate::release_all`]; `/hang`
 /// never answers; `/healthz` is 503 from the trigger on. `/hold` and `/hang` add a
 /// permit to [`Gate::entered`] when they start.
@@ -109,6 +120,63 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> TcpListener {
     socket.listen(1024).unwrap()
 }
 
+/// A listener nobody accepts on yet, and `count` clients queued on it, each
+/// with its request (`GET /`, keep-alive) sent; returns once the kernel
+/// reports all `count` connections in the listener's accept queue.
+pub async fn queued(count: usize) -> (TcpListener, Vec<TcpStream>) {
+    let listener = bind(localhost(), false);
+    let addr = listener.local_addr().unwrap();
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        clients.push(connect_and_send(addr, &request("/")).await.unwrap());
+    }
+    wait_queued(addr, count).await;
+    (listener, clients)
+}
+
+/// Waits until the kernel reports exactly `count` connections in the accept
+/// queue of the TCP listener on `addr`. A client's connect returns once the
+/// handshake's SYN-ACK arrived; the listener queues the connection when the
+/// last ACK does, a moment later.
+pub async fn wait_queued(addr: SocketAddr, count: usize) {
+    within("the connections to be queued", async {
+        loop {
+            let queued = accept_queue_len(addr);
+            assert!(queued <= count, "{queued} queued, more than {count}");
+            if queued == count {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+/// How many connections wait in the accept queue of the TCP listener on the
+/// IPv4 address `addr`, as `/proc/net/tcp` says: a listening socket's
+/// `rx_queue` is its accept queue's length.
+pub fn accept_queue_len(addr: SocketAddr) -> usize {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr} is not IPv4")
+    };
+    // The address as the kernel prints it: its 32 bits in the host's byte
+    // order, then the port.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let listening = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<_> = line.split_whitespace().collect();
+        // fields: sl, local_address, rem_address, st (0A: LISTEN), tx_queue:rx_queue, ...
+        (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+            .then(|| fields[4].split_once(':').unwrap().1.to_owned())
+    });
+    let rx_queue = listening.unwrap_or_else(|| panic!("no listener on {addr} in /proc/net/tcp"));
+    usize::from_str_radix(&rx_queue, 16).unwrap()
+}
+
 /// A handoff path in a fresh directory of its own for the test `test`.
 pub fn handoff_path(test: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tower-drain-{test}-{}", std::process::id()));
@@ -140,6 +208,13 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let watch = listener.watch().clone();
         Self::spawn(listener, addr, watch)
+    }
+
+    /// Starts the drain before `listener` accepted anything (so that all
+    /// its accept queue is left to the drain), then serves [`app`] on it.
+    pub fn drain_then_serve(listener: GracefulAccept<TcpListener>) -> Self {
+        listener.watch().trigger();
+        Self::serve(listener)
     }
 
     /// Serves [`app`] on any listener that reports to `watch`.
@@ -174,19 +249,6 @@ impl Server {
     }
 }
 
-/// Reads from `stream` until what it read ends with `end`; fails if the
-/// server closes the connection first.
-pub async fn read_until(stream: &mut TcpStream, end: &[u8]) -> String {
-    let mut read = Vec::new();
-    while !read.ends_with(end) {
-        let mut buf = [0; 1024];
-        let n = within("an answer", stream.read(&mut buf)).await.unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&read));
-        read.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8(read).unwrap()
-}
-
 /// Opens what `builder` configures for `watch` and serves [`app`] on its
 /// `"http"` listener.
 pub async fn serve_listeners(
@@ -218,115 +280,6 @@ pub async fn take_over_and_stop(server: Server, path: &std::path::Path) -> Drain
     successor.trigger();
     next.stopped().await;
     report
-}
-
-/// What became of one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// A complete response with this status and `Connection` header.
-    Response { status: u16, connection_close: bool },
-    /// The connection attempt was refused: safe to retry.
-    Refused,
-    /// The connection was reset: the client cannot know what happened.
-    Reset,
-    /// The server closed the connection without answering.
-    Unanswered,
-    /// Anything else.
-    Other(String),
-}
-
-impl Outcome {
-    pub fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Response { status: 200, .. })
-    }
-}
-
-/// A keep-alive request: a `Connection: close` in the answer comes from the server.
-pub fn request(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
-}
-
-/// Reads one response from `stream` (until the server closes it).
-pub async fn read_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Outcome {
-    let mut buf = Vec::new();
-    match stream.read_to_end(&mut buf).await {
-        Ok(_) => parse_response(&buf),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Outcome::Reset,
-        Err(e) => Outcome::Other(e.to_string()),
-    }
-}
-
-fn parse_response(buf: &[u8]) -> Outcome {
-    if buf.is_empty() {
-        return Outcome::Unanswered;
-    }
-    let text = String::from_utf8_lossy(buf);
-    let Some((head, _)) = text.split_once("\r\n\r\n") else {
-        return Outcome::Other(format!("incomplete response {text:?}"));
-    };
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let connection_close = head
-        .lines()
-        .any(|line| line.eq_ignore_ascii_case("connection: close"));
-    Outcome::Response {
-        status,
-        connection_close,
-    }
-}
-
-/// Connects and sends `request` (from [`request`] or [`closing_request`]),
-/// without reading. Reading a keep-alive request's answer to the end only
-/// ends once the server closes the connection: when it drains.
-pub async fn connect_and_send(addr: SocketAddr, request: &[u8]) -> io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(request).await?;
-    Ok(stream)
-}
-
-/// A request that asks the server to close the connection after answering.
-pub fn closing_request(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").into_bytes()
-}
-
-/// One request on a fresh connection that asks to be closed after it, every
-/// failure classified.
-pub async fn one_request(addr: SocketAddr, path: &str) -> Outcome {
-    match connect_and_send(addr, &closing_request(path)).await {
-        Ok(mut stream) => read_response(&mut stream).await,
-        Err(e) => match e.kind() {
-            io::ErrorKind::ConnectionRefused => Outcome::Refused,
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Outcome::Reset,
-            _ => Outcome::Other(e.to_string()),
-        },
-    }
-}
-
-/// A hyper HTTP/1.1 client connection: the sender, and the task driving the
-/// connection, which ends when either side closes it.
-pub async fn http1_client(
-    addr: SocketAddr,
-) -> (
-    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-    JoinHandle<hyper::Result<()>>,
-) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    (sender, tokio::spawn(conn))
-}
-
-/// `GET path` on an HTTP/1.1 client connection.
-pub fn get_request(path: &str) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
-    hyper::Request::get(path)
-        .header("host", "test")
-        .body(http_body_util::Empty::new())
-        .unwrap()
 }
 
 /// Over an HTTP/2 connection to `server`: a stream in flight at the trigger

@@ -4,6 +4,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
+    time::Duration,
 };
 
 use tokio::{
@@ -12,7 +13,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{localhost, within};
+use super::{localhost, within, PATIENCE};
 
 /// The example binary, which `cargo test` builds beside the tests.
 pub fn server_binary() -> PathBuf {
@@ -131,10 +132,36 @@ impl Process {
         send_signal(self.pid(), name);
     }
 
-    pub async fn exit(mut self) -> ExitStatus {
-        within("the server to exit", self.child.wait())
+    pub async fn exit(self) -> ExitStatus {
+        self.exit_within(PATIENCE)
             .await
-            .unwrap()
+            .unwrap_or_else(|| panic!("timed out waiting for the server to exit"))
+    }
+
+    /// Waits up to `patience` for the server to exit; `None` if it did not
+    /// (it is killed when dropped).
+    pub async fn exit_within(mut self, patience: Duration) -> Option<ExitStatus> {
+        let status = tokio::time::timeout(patience, self.child.wait())
+            .await
+            .ok()?;
+        Some(status.unwrap())
+    }
+
+    /// From now on, passes the server's warnings and errors on to this
+    /// program's stderr instead of keeping its log.
+    pub fn echo_problems(&mut self) {
+        let (_, closed) = mpsc::unbounded_channel();
+        let mut log = std::mem::replace(&mut self.log, closed);
+        tokio::spawn(async move {
+            while let Some(line) = log.recv().await {
+                if [" WARN ", " ERROR ", "error:"]
+                    .iter()
+                    .any(|w| line.contains(w))
+                {
+                    eprintln!("  server: {line}");
+                }
+            }
+        });
     }
 }
 
