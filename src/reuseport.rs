@@ -17,8 +17,8 @@
 //!   treats as "no program": the group's usual hash, with no member stranded.
 //!   A connection that reaches this socket between that and the close is
 //!   still reset: no unprivileged program can name a socket that is about to
-//!   leave its group. `cargo run --release --example restarts` measures what
-//!   is left.
+//!   leave its group. `cargo run --release -p tower-drain-measure --example
+//!   restarts` measures what is left.
 
 use std::{
     io,

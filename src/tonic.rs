@@ -29,7 +29,7 @@ use crate::{DrainableListener, GracefulAccept, TrackedIo};
 /// it when the shutdown signal resolves.
 ///
 /// Serving the standard health service (`tonic-health`, a dependency of the
-/// repository's `measure/` workspace member, where this fragment is compiled
+/// repository's `integrations/` workspace member, where this fragment is compiled
 /// whole as `examples/grpc.rs`):
 ///
 /// ```ignore

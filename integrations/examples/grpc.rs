@@ -2,7 +2,7 @@
 //! service (`grpc.health.v1.Health`) on 127.0.0.1:50051, or the address given.
 //!
 //! ```text
-//! cargo run -p tower-drain-measure --features tonic --example grpc -- [ADDR]
+//! cargo run -p tower-drain-integrations --features tonic --example grpc -- [ADDR]
 //! grpc_health_probe -addr 127.0.0.1:50051   # from another terminal, if installed
 //! ```
 //!

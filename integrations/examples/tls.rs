@@ -2,7 +2,7 @@
 //! starts complete, and their requests are served.
 //!
 //! ```text
-//! cargo run --release -p tower-drain-measure --features rustls --example tls -- \
+//! cargo run --release -p tower-drain-integrations --features rustls --example tls -- \
 //!     [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--upgrade-on SIGNAL] [--cert CERT.pem --key KEY.pem]
 //! ```
 //!
