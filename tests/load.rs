@@ -10,136 +10,61 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering::SeqCst},
-        Arc,
-    },
-    time::Instant,
-};
+use std::time::Instant;
 
-use common::*;
-use tokio::{sync::Semaphore, task::JoinSet};
+use common::{
+    load::{Load, Seen},
+    *,
+};
 use tower_drain::Watch;
 
 const CLIENTS: usize = 8;
 /// Each client stops after this many requests, whatever happens.
 const MAX_REQUESTS_PER_CLIENT: usize = 5_000;
 
-/// One request's outcome and when it was in progress.
-#[derive(Debug, Clone)]
-struct Attempt {
-    outcome: Outcome,
-    started: Instant,
-    ended: Instant,
-}
-
 /// Clients that each send one request per connection, in a loop, until told
-/// to stop or refused, and keep every attempt.
-struct Load {
-    /// One permit per successful response.
-    ok: Arc<Semaphore>,
-    stop: Arc<AtomicBool>,
-    clients: JoinSet<Vec<Attempt>>,
+/// to stop or, with `stop_when_refused`, refused.
+async fn load(addr: std::net::SocketAddr, stop_when_refused: bool) -> Load {
+    let builder = Load::builder(addr)
+        .clients(CLIENTS)
+        .max_requests(MAX_REQUESTS_PER_CLIENT);
+    let builder = if stop_when_refused {
+        builder.stop_when_refused()
+    } else {
+        builder
+    };
+    builder.start().await
 }
 
-impl Load {
-    fn start(addr: SocketAddr, stop_when_refused: bool) -> Self {
-        let ok = Arc::new(Semaphore::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut clients = JoinSet::new();
-        for _ in 0..CLIENTS {
-            let (ok, stop) = (ok.clone(), stop.clone());
-            clients.spawn(async move {
-                let mut attempts = Vec::new();
-                while !stop.load(SeqCst) && attempts.len() < MAX_REQUESTS_PER_CLIENT {
-                    let started = Instant::now();
-                    let outcome = one_request(addr, "/").await;
-                    if outcome.is_ok() {
-                        ok.add_permits(1);
-                    }
-                    let refused = outcome == Outcome::Refused;
-                    attempts.push(Attempt {
-                        outcome,
-                        started,
-                        ended: Instant::now(),
-                    });
-                    if refused && stop_when_refused {
-                        break;
-                    }
-                }
-                attempts
-            });
-        }
-        Self { ok, stop, clients }
+/// The only reset the kernel allows: a handshake in flight at the instant
+/// the listener closed (see the README). So every request was answered 200,
+/// refused or reset, every reset overlaps the drain, and no client saw two.
+/// Returns the tally.
+fn assert_no_loss(seen: &Seen, drain_started: Instant, listeners_closed: Instant) -> Tally {
+    let tally = seen.tally();
+    let failed: Vec<_> = (seen.requests.iter())
+        .filter(|r| !r.outcome.is_ok() && !matches!(r.outcome, Outcome::Refused | Outcome::Reset))
+        .collect();
+    assert!(failed.is_empty(), "{tally:#?}, failed: {failed:#?}");
+    let resets: Vec<_> = (seen.requests.iter())
+        .filter(|r| r.outcome == Outcome::Reset)
+        .collect();
+    for reset in &resets {
+        assert!(
+            reset.started <= listeners_closed && reset.ended >= drain_started,
+            "a reset outside the drain is a lost connection: {reset:#?}; {tally:#?}"
+        );
+        let twice = resets.iter().filter(|r| r.client == reset.client).count();
+        assert_eq!(
+            twice, 1,
+            "client {} saw {twice} resets: {resets:#?}",
+            reset.client
+        );
     }
-
-    async fn wait_ok(&self, responses: u32) {
-        within("responses under load", self.ok.acquire_many(responses))
-            .await
-            .unwrap()
-            .forget();
+    if !resets.is_empty() {
+        eprintln!("resets at the instant of close(2): {}", resets.len());
     }
-
-    /// Stops the clients (at once, or once each was refused) and tallies.
-    async fn finish(mut self, wait_for_refusal: bool) -> Tally {
-        if !wait_for_refusal {
-            self.stop.store(true, SeqCst);
-        }
-        let mut tally = Tally::default();
-        while let Some(attempts) = within("the clients to stop", self.clients.join_next()).await {
-            tally.add(attempts.unwrap());
-        }
-        tally
-    }
-}
-
-#[derive(Debug, Default)]
-struct Tally {
-    ok: usize,
-    refused: usize,
-    /// Requests whose connection was reset.
-    resets: Vec<Attempt>,
-    /// Anything but a response, a refusal or a reset.
-    failed: Vec<Attempt>,
-    /// Clients that saw more than one reset.
-    reset_twice: usize,
-}
-
-impl Tally {
-    fn add(&mut self, attempts: Vec<Attempt>) {
-        let mut resets = 0;
-        for attempt in attempts {
-            match attempt.outcome {
-                ref o if o.is_ok() => self.ok += 1,
-                Outcome::Refused => self.refused += 1,
-                Outcome::Reset => {
-                    resets += 1;
-                    self.resets.push(attempt);
-                }
-                _ => self.failed.push(attempt),
-            }
-        }
-        self.reset_twice += usize::from(resets > 1);
-    }
-
-    /// The only reset the kernel allows: a handshake in flight at the instant
-    /// the listener closed (see the README). So every reset must overlap the
-    /// drain, and no client can see two.
-    fn assert_no_loss(&self, drain_started: Instant, listeners_closed: Instant) {
-        assert!(self.failed.is_empty(), "{self:#?}");
-        assert_eq!(self.reset_twice, 0, "{self:#?}");
-        for reset in &self.resets {
-            assert!(
-                reset.started <= listeners_closed && reset.ended >= drain_started,
-                "a reset outside the drain is a lost connection: {self:#?}"
-            );
-        }
-        if !self.resets.is_empty() {
-            eprintln!("resets at the instant of close(2): {}", self.resets.len());
-        }
-    }
+    tally
 }
 
 /// Triggers the drain and notes when it started and when the listeners had
@@ -156,15 +81,16 @@ async fn drain(watch: &Watch) -> (Instant, Instant) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_load_sees_only_responses_and_refusals() {
     let server = Server::start(bind(localhost(), false), Watch::new());
-    let load = Load::start(server.addr, true);
-    load.wait_ok(200).await;
+    let load = load(server.addr, true).await;
+    load.wait_served(200).await;
 
     let (started, closed) = drain(&server.watch).await;
     let report = server.stopped().await;
-    let tally = load.finish(true).await;
+    // Each client stops once refused.
+    let seen = load.join().await;
 
-    tally.assert_no_loss(started, closed);
-    assert!(tally.ok >= 200, "{tally:#?}");
+    let tally = assert_no_loss(&seen, started, closed);
+    assert!(tally.served >= 200, "{tally:#?}");
     assert_eq!(
         tally.refused, CLIENTS,
         "each client ran until refused: {tally:#?}"
@@ -180,15 +106,15 @@ async fn reuse_port_sibling_takes_over_without_loss() {
     let second = Server::start(bind(first.addr, true), Watch::new());
     assert_eq!(first.addr, second.addr);
 
-    let load = Load::start(first.addr, false);
-    load.wait_ok(200).await;
+    let load = load(first.addr, false).await;
+    load.wait_served(200).await;
     let (started, closed) = drain(&first.watch).await;
     let report = first.stopped().await;
     // The sibling keeps serving after the first one is gone.
-    load.wait_ok(200).await;
-    let tally = load.finish(false).await;
+    load.wait_served(200).await;
+    let seen = load.stop().await;
 
-    tally.assert_no_loss(started, closed);
+    let tally = assert_no_loss(&seen, started, closed);
     assert_eq!(tally.refused, 0, "{tally:#?}");
     assert_eq!(report.forced, None);
 

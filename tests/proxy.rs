@@ -26,23 +26,14 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use common::{
     generations::{drain_report, Generations},
-    get_request, http1_client,
+    load::{Client, Connections, Load, Seen},
     process::Process,
-    within,
+    within, Outcome,
 };
-use http_body_util::BodyExt;
-use tokio::{sync::Notify, task::JoinHandle};
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../measure/examples/proxies/mod.rs"]
@@ -76,6 +67,34 @@ struct Tally {
 }
 
 impl Tally {
+    /// What each client of `seen` saw.
+    fn of_clients(seen: &Seen) -> Vec<Tally> {
+        let tally = |(client, connections): (usize, &Connections)| {
+            let mut tally = Tally {
+                errors: (connections.errors.iter())
+                    .map(|e| format!("connection: {e}"))
+                    .collect(),
+                connections: connections.opened,
+                unsent: connections.unsent,
+                ..Tally::default()
+            };
+            for record in seen.of_client(client) {
+                match &record.outcome {
+                    Outcome::Response {
+                        status,
+                        connection_close,
+                    } => {
+                        *tally.statuses.entry(*status).or_default() += 1;
+                        tally.closing_responses += usize::from(*connection_close);
+                    }
+                    other => tally.errors.push(format!("{other:?}")),
+                }
+            }
+            tally
+        };
+        seen.clients.iter().enumerate().map(tally).collect()
+    }
+
     /// All of `tallies` together.
     fn total(tallies: impl IntoIterator<Item = Tally>) -> Tally {
         let mut total = Tally::default();
@@ -111,152 +130,25 @@ impl Tally {
     }
 }
 
-/// What a client of [`Load`] does once its connection has ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Then {
-    /// Opens a new one (a proxy closes client connections now and then).
-    Reconnect,
-    /// Stops (the server is going away).
-    Stop,
+/// `clients` keep-alive clients on `addr` (see [`Client::KeepAlive`]),
+/// each connected; with `stop_when_closed`, a client stops once its
+/// connection ends (the server is going away), instead of opening a new one
+/// (a proxy closes client connections now and then).
+async fn keep_alive_load(addr: SocketAddr, clients: usize, stop_when_closed: bool) -> Load {
+    let builder = Load::builder(addr)
+        .clients(clients)
+        .client(Client::KeepAlive);
+    let builder = if stop_when_closed {
+        builder.stop_when_closed()
+    } else {
+        builder
+    };
+    builder.start().await
 }
 
-/// Keep-alive clients: each holds one HTTP/1.1 connection and sends `GET /`
-/// on it back to back, until the connection ends: after a response that
-/// says `Connection: close`, or closed between requests (hyper gives the
-/// request back unsent, which is fine). A request sent and not answered is
-/// an error.
-struct Load {
-    stop: Arc<AtomicBool>,
-    /// 200 responses so far, and a notification at each.
-    served: Arc<(AtomicUsize, Notify)>,
-    clients: Vec<JoinHandle<Tally>>,
-}
-
-impl Load {
-    /// Starts `clients` clients on `addr`, which do `then` when their
-    /// connection ends, once each has connected.
-    async fn start(addr: SocketAddr, clients: usize, then: Then) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new((AtomicUsize::new(0), Notify::new()));
-        let mut tasks = Vec::new();
-        for _ in 0..clients {
-            let first = http1_client(addr).await;
-            let client = client(addr, first, then, stop.clone(), served.clone());
-            tasks.push(tokio::spawn(client));
-        }
-        Self {
-            stop,
-            served,
-            clients: tasks,
-        }
-    }
-
-    /// Waits until `requests` more requests have been answered 200.
-    async fn wait_for(&self, requests: usize) {
-        let (count, notify) = &*self.served;
-        let target = count.load(Ordering::Relaxed) + requests;
-        within("the load to make progress", async {
-            loop {
-                let progressed = notify.notified();
-                tokio::pin!(progressed);
-                progressed.as_mut().enable();
-                if count.load(Ordering::Relaxed) >= target {
-                    return;
-                }
-                progressed.await;
-            }
-        })
-        .await;
-    }
-
-    /// Stops the clients; what they saw, all together.
-    async fn stop(self) -> Tally {
-        self.stop.store(true, Ordering::Relaxed);
-        Tally::total(self.join().await)
-    }
-
-    /// Waits for the clients to stop by themselves; what each saw.
-    async fn join(self) -> Vec<Tally> {
-        let mut tallies = Vec::new();
-        for client in self.clients {
-            tallies.push(within("a client to stop", client).await.unwrap());
-        }
-        tallies
-    }
-}
-
-/// The two halves of an HTTP/1.1 client connection, from [`http1_client`].
-type Connection = (
-    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-    JoinHandle<hyper::Result<()>>,
-);
-
-/// One client of [`Load`]: requests on `first`, then on connections of its
-/// own to `addr`, until `stop` (or, with [`Then::Stop`], until `first`
-/// ends), counting each 200 in `served`.
-async fn client(
-    addr: SocketAddr,
-    first: Connection,
-    then: Then,
-    stop: Arc<AtomicBool>,
-    served: Arc<(AtomicUsize, Notify)>,
-) -> Tally {
-    let mut tally = Tally::default();
-    let mut next = Some(first);
-    while !stop.load(Ordering::Relaxed) {
-        let (mut sender, conn) = match next.take() {
-            Some(connection) => connection,
-            None => http1_client(addr).await,
-        };
-        tally.connections += 1;
-        // `ready` fails once the connection has closed.
-        while !stop.load(Ordering::Relaxed) && sender.ready().await.is_ok() {
-            let response = match sender.try_send_request(get_request("/")).await {
-                Ok(response) => response,
-                Err(e) if e.message().is_some() => {
-                    tally.unsent += 1;
-                    break;
-                }
-                Err(e) => {
-                    tally.errors.push(format!("request sent: {:?}", e.error()));
-                    break;
-                }
-            };
-            let status = response.status().as_u16();
-            let closing = response
-                .headers()
-                .get_all(hyper::header::CONNECTION)
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(','))
-                .any(|token| token.trim().eq_ignore_ascii_case("close"));
-            match response.into_body().collect().await {
-                Ok(body) => {
-                    *tally.statuses.entry(status).or_default() += 1;
-                    let body = body.to_bytes();
-                    if status == 200 && &body[..] != b"hello" {
-                        tally.errors.push(format!("200 with body {body:?}"));
-                    } else if status == 200 {
-                        served.0.fetch_add(1, Ordering::Relaxed);
-                        served.1.notify_waiters();
-                    }
-                }
-                Err(e) => tally.errors.push(format!("body of a {status}: {e:?}")),
-            }
-            if closing {
-                tally.closing_responses += 1;
-                break;
-            }
-        }
-        drop(sender);
-        if let Err(e) = within("a client connection to end", conn).await.unwrap() {
-            tally.errors.push(format!("connection: {e:?}"));
-        }
-        if then == Then::Stop {
-            break;
-        }
-    }
-    tally
+/// Stops `load`; what its clients saw, all together.
+async fn stop(load: Load) -> Tally {
+    Tally::total(Tally::of_clients(&load.stop().await))
 }
 
 /// The count before `one` (after a count of 1) or `many` (after any other)
@@ -292,8 +184,8 @@ async fn five_restarts_behind(
     mut server: Process,
 ) -> Process {
     let name = format!("{}, {} restarts", proxy.kind.name(), generations.name());
-    let load = Load::start(proxy.addr, 16, Then::Reconnect).await;
-    load.wait_for(500).await;
+    let load = keep_alive_load(proxy.addr, 16, false).await;
+    load.wait_served(500).await;
     for restart in 1..=5 {
         let (successor, report) = generations.restart(server).await;
         eprintln!("{name}, restart {restart}: {report}");
@@ -310,10 +202,10 @@ async fn five_restarts_behind(
         );
         assert!(retired > 0, "no connection was retired: {report}");
         server = successor;
-        load.wait_for(500).await;
+        load.wait_served(500).await;
     }
 
-    let tally = load.stop().await;
+    let tally = stop(load).await;
     eprintln!(
         "{name}: {} requests on {} client connections to the proxy, by status {:?}, {} errors",
         tally.requests(),
@@ -392,11 +284,11 @@ async fn sigterm_with_busy_keep_alive_clients_loses_nothing() {
     let mut rounds = Vec::new();
     for round in 1..=10 {
         let mut server = Process::start("", "").await;
-        let load = Load::start(server.addr, 4, Then::Stop).await;
-        load.wait_for(200).await;
+        let load = keep_alive_load(server.addr, 4, true).await;
+        load.wait_served(200).await;
         server.signal("TERM");
         let report = drain_report(&mut server).await;
-        let clients = load.join().await;
+        let clients = Tally::of_clients(&load.join().await);
         assert_eq!(server.exit().await.code(), Some(0), "{report}");
         assert!(report.starts_with("shutdown drained in"), "{report}");
         for (i, client) in clients.iter().enumerate() {
@@ -440,15 +332,15 @@ async fn scale_down_behind_haproxy_with_a_lame_duck_loses_nothing() {
     let mut leaving = Process::start("", "--lame-duck 1").await;
     let staying = Process::start("", "").await;
     let haproxy = proxy(Kind::HAProxy, &[leaving.addr, staying.addr]).await;
-    let load = Load::start(haproxy.addr, 16, Then::Reconnect).await;
-    load.wait_for(500).await;
+    let load = keep_alive_load(haproxy.addr, 16, false).await;
+    load.wait_served(500).await;
     leaving.signal("TERM");
     let report = drain_report(&mut leaving).await;
     eprintln!("scale-down behind HAProxy: {report}");
     assert!(report.starts_with("shutdown drained in"), "{report}");
     assert_eq!(leaving.exit().await.code(), Some(0), "{report}");
-    load.wait_for(500).await;
-    let tally = load.stop().await;
+    load.wait_served(500).await;
+    let tally = stop(load).await;
     eprintln!(
         "scale-down behind HAProxy: {} requests, by status {:?}, {} errors",
         tally.requests(),

@@ -9,8 +9,24 @@
 
 mod common;
 
+use std::sync::Once;
+
 use common::*;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use tower_drain::{GracefulAccept, Watch};
+
+/// Raises this process's soft limit on open descriptors (`RLIMIT_NOFILE`,
+/// often 1024) to its hard limit, once: the two tests here, run in
+/// parallel, hold about 2,400 sockets at once.
+fn raise_descriptor_limit() {
+    static RAISE: Once = Once::new();
+    RAISE.call_once(|| {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        if soft < hard {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+        }
+    });
+}
 
 /// More than two batches of 256: the drain takes the queue in three calls
 /// (256, 256, 88).
@@ -21,6 +37,7 @@ const QUEUED: usize = 600;
 /// queue, none as reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_longer_than_a_batch_is_all_served() {
+    raise_descriptor_limit();
     let (listener, clients) = queued(QUEUED).await;
     // The queue drain's timeout is not under test: the default 1 s could
     // cut the drain short on a loaded machine.
@@ -44,6 +61,7 @@ async fn a_queue_longer_than_a_batch_is_all_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_drain_limit_serves_the_limit_and_counts_the_rest_as_reset() {
     const LIMIT: usize = 100;
+    raise_descriptor_limit();
     let (listener, clients) = queued(QUEUED).await;
     let listener = GracefulAccept::new(listener, Watch::new())
         .queue_drain_limit(LIMIT)

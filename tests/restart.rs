@@ -23,7 +23,7 @@ where
     F: FnMut(Process) -> Fut,
     Fut: std::future::Future<Output = Process>,
 {
-    let load = Load::start(server.addr, 6);
+    let load = Load::builder(server.addr).clients(6).start().await;
     for _ in 0..5 {
         load.wait_for(200).await;
         server = restart(server).await;

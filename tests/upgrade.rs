@@ -239,7 +239,7 @@ async fn five_upgrades_under_load_lose_nothing() {
     manager.expect(first, &["READY=1", "STATUS=serving"]).await;
     let idle = descriptors(first);
 
-    let load = Load::start(addr, 6);
+    let load = Load::builder(addr).clients(6).start().await;
     load.wait_for(200).await;
     let mut main = upgrade(&mut manager, first, &server_binary()).await;
     assert_eq!(server.exit().await.code(), Some(0));

@@ -65,24 +65,17 @@ use std::{
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     process::{ExitCode, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::routing::get;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use tokio::{net::TcpStream, sync::watch, task::JoinHandle, time::Instant};
 use tower_drain::{restart::Listeners, DrainLayer, Readiness, Watch};
 
 use common::{
-    closing_request, connect_and_send, hello as app,
+    hello as app,
+    load::{Client, Load, Record},
     process::{Process, AS_SERVICE_MANAGER},
-    read_response, Outcome, Tally,
+    Tally,
 };
 use proxies::{Kind, Proxy};
 
@@ -181,7 +174,7 @@ struct Row {
     failed_exits: usize,
     /// When the row's load started.
     started: Instant,
-    /// When each request ended, and how.
+    /// Every request: how and when it ended.
     requests: Vec<Record>,
     /// When each old server was told to stop.
     stops: Vec<Instant>,
@@ -210,11 +203,9 @@ impl Row {
     /// Stops `load`, and counts what it saw.
     async fn stop_load(&mut self, load: Load) {
         self.ended = Instant::now();
-        let requests = load.stop().await;
-        for (_, outcome) in &requests {
-            self.tally.add(outcome);
-        }
-        self.requests.extend(requests);
+        let seen = load.stop().await;
+        self.tally.merge(seen.tally());
+        self.requests.extend(seen.requests);
     }
 
     /// Tells `old` to stop the way `launcher` does, and counts a bad exit.
@@ -231,7 +222,7 @@ impl Row {
         plot::Panel {
             title,
             requests: (self.requests.iter())
-                .map(|(at, outcome)| (since(at), outcome.is_ok()))
+                .map(|request| (since(&request.ended), request.outcome.is_ok()))
                 .collect(),
             restarts: self.stops.iter().map(since).collect(),
             until: since(&self.ended),
@@ -349,9 +340,10 @@ impl Front {
         })
     }
 
-    /// Starts `clients` clients sending to the front.
-    fn load(&self, clients: usize) -> Load {
-        Load::start(self.addr, clients, self.client)
+    /// Starts `clients` clients sending to the front, without pause.
+    async fn load(&self, clients: usize) -> Load {
+        let load = Load::builder(self.addr).clients(clients);
+        load.client(self.client).start().await
     }
 
     /// Says on stderr how much the proxy logged (nginx: its errors, such
@@ -383,7 +375,7 @@ async fn measure_restarts(way: Way, options: &Options) -> io::Result<Row> {
     let addr = server.addr;
     let front = Front::start(options, &[addr]).await?;
     let mut row = Row::new(way);
-    let load = front.load(options.clients);
+    let load = front.load(options.clients).await;
     for _ in 0..options.restarts {
         load.wait_for(options.between).await;
         let successor = launcher.start(addr).await;
@@ -407,7 +399,7 @@ async fn measure_shutdowns(way: Way, options: &Options) -> io::Result<Row> {
         let stopped = launcher.start(launcher.first_addr()).await;
         let other = launcher.start(launcher.first_addr()).await;
         let front = Front::start(options, &[stopped.addr, other.addr]).await?;
-        let load = front.load(options.clients);
+        let load = front.load(options.clients).await;
         load.wait_for(options.between).await;
         row.stop(&launcher, stopped).await;
         load.wait_for(options.between).await;
@@ -516,156 +508,8 @@ fn draw(path: &Path, options: &Options, rows: &[Row]) -> Result<(), Box<dyn std:
     plot::draw(path, &caption, &panels)
 }
 
-// ---- the servers' processes and the load ----
-
 /// How long an old server may take to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(60);
-
-/// When a request ended, and how.
-type Record = (Instant, Outcome);
-
-/// How the clients of a [`Load`] send their requests.
-#[derive(Clone, Copy)]
-enum Client {
-    /// A new connection per request, `Connection: close`.
-    ConnectionPerRequest,
-    /// One HTTP/1.1 keep-alive connection at a time, `GET /` back to back
-    /// on it, a new one when it closes.
-    KeepAlive,
-}
-
-/// Clients that send requests without pause.
-struct Load {
-    stop: Arc<AtomicBool>,
-    /// Requests completed so far, whatever their outcome.
-    done: Arc<watch::Sender<usize>>,
-    clients: Vec<JoinHandle<Vec<Record>>>,
-}
-
-impl Load {
-    /// Starts `clients` clients of kind `client` sending to `addr`.
-    fn start(addr: SocketAddr, clients: usize, client: Client) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(watch::Sender::new(0));
-        let clients = (0..clients)
-            .map(|_| {
-                let recorder = Recorder {
-                    stop: stop.clone(),
-                    done: done.clone(),
-                    records: Vec::new(),
-                };
-                match client {
-                    Client::ConnectionPerRequest => {
-                        tokio::spawn(connection_per_request(addr, recorder))
-                    }
-                    Client::KeepAlive => tokio::spawn(keep_alive(addr, recorder)),
-                }
-            })
-            .collect();
-        Self {
-            stop,
-            done,
-            clients,
-        }
-    }
-
-    /// Waits until `requests` more requests have completed.
-    async fn wait_for(&self, requests: usize) {
-        let mut done = self.done.subscribe();
-        let target = *done.borrow() + requests;
-        done.wait_for(|done| *done >= target)
-            .await
-            .expect("the load holds the sender");
-    }
-
-    /// Stops the clients; when each request they sent ended, and how.
-    async fn stop(self) -> Vec<Record> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut records = Vec::new();
-        for client in self.clients {
-            records.extend(client.await.expect("a client"));
-        }
-        records
-    }
-}
-
-/// What one client of a [`Load`] has seen, and when to stop.
-struct Recorder {
-    stop: Arc<AtomicBool>,
-    done: Arc<watch::Sender<usize>>,
-    records: Vec<Record>,
-}
-
-impl Recorder {
-    fn running(&self) -> bool {
-        !self.stop.load(Ordering::Relaxed)
-    }
-
-    /// Notes that a request ended with `outcome`.
-    fn record(&mut self, outcome: Outcome) {
-        self.records.push((Instant::now(), outcome));
-        self.done.send_modify(|done| *done += 1);
-    }
-}
-
-/// A client that opens a new connection per request.
-async fn connection_per_request(addr: SocketAddr, mut recorder: Recorder) -> Vec<Record> {
-    while recorder.running() {
-        recorder.record(match connect_and_send(addr, &closing_request("/")).await {
-            Ok(mut stream) => read_response(&mut stream).await,
-            Err(error) => Outcome::of_error(&error),
-        });
-    }
-    recorder.records
-}
-
-/// A client that holds a keep-alive connection, and opens a new one when
-/// it closes.
-async fn keep_alive(addr: SocketAddr, mut recorder: Recorder) -> Vec<Record> {
-    while recorder.running() {
-        match http1(addr).await {
-            Ok(sender) => requests_on(sender, &mut recorder).await,
-            Err(error) => recorder.record(Outcome::of_error(&error)),
-        }
-    }
-    recorder.records
-}
-
-/// A hyper HTTP/1.1 connection to `addr`, driven by a task of its own.
-async fn http1(addr: SocketAddr) -> io::Result<SendRequest<Empty<Bytes>>> {
-    let stream = TcpStream::connect(addr).await?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(connection);
-    Ok(sender)
-}
-
-/// Sends `GET /` on `sender` back to back until the connection closes (after
-/// a response that says `Connection: close`, say) or the load stops.
-async fn requests_on(mut sender: SendRequest<Empty<Bytes>>, recorder: &mut Recorder) {
-    // `ready` fails once the connection has closed.
-    while recorder.running() && sender.ready().await.is_ok() {
-        let request = hyper::Request::get("/")
-            .header("host", "example")
-            .body(Empty::new())
-            .expect("a valid request");
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                let outcome = Outcome::of_response(&response);
-                recorder.record(match response.into_body().collect().await {
-                    Ok(_) => outcome,
-                    Err(error) => Outcome::of_hyper_error(&error),
-                });
-            }
-            // Given back unsent: the connection closed before it was
-            // written, so nobody read it.
-            Err(error) if error.message().is_some() => return,
-            Err(error) => return recorder.record(Outcome::of_hyper_error(error.error())),
-        }
-    }
-}
 
 // ---- the servers ----
 

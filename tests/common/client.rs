@@ -78,18 +78,24 @@ pub async fn one_request(addr: SocketAddr, path: &str) -> Outcome {
 
 /// A hyper HTTP/1.1 client connection: the sender, and the task driving the
 /// connection, which ends when either side closes it.
-pub async fn http1_client(
-    addr: SocketAddr,
-) -> (
+pub type Http1Client = (
     hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
     JoinHandle<hyper::Result<()>>,
-) {
-    let stream = TcpStream::connect(addr).await.unwrap();
+);
+
+/// An HTTP/1.1 client connection to `addr`.
+pub async fn http1_client(addr: SocketAddr) -> Http1Client {
+    try_http1_client(addr).await.unwrap()
+}
+
+/// An HTTP/1.1 client connection to `addr`, or why there is none.
+pub async fn try_http1_client(addr: SocketAddr) -> io::Result<Http1Client> {
+    let stream = TcpStream::connect(addr).await?;
     let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .unwrap();
-    (sender, tokio::spawn(conn))
+            .map_err(io::Error::other)?;
+    Ok((sender, tokio::spawn(conn)))
 }
 
 /// `GET path` on an HTTP/1.1 client connection.

@@ -44,12 +44,15 @@ impl Outcome {
     }
 
     /// The outcome of a complete response hyper read: its status, and
-    /// whether it says `Connection: close`.
+    /// whether a `Connection` header of it says `close`.
     pub fn of_response<B>(response: &hyper::Response<B>) -> Self {
         let connection_close = response
             .headers()
-            .get(hyper::header::CONNECTION)
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("close"));
         Outcome::Response {
             status: response.status().as_u16(),
             connection_close,
