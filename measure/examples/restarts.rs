@@ -22,7 +22,9 @@
 //! way is one row of the Markdown table printed at the end:
 //!
 //! - `SO_REUSEPORT`: the successor binds its own socket on the same port,
-//!   then the old server gets SIGTERM.
+//!   then the old server gets SIGTERM; once more for tower-drain with
+//!   `--lame-duck 1`, which the sibling turns into a restart (no lame duck,
+//!   readiness healthy).
 //! - handoff: the successor receives the old server's socket over a Unix
 //!   socket (`Listeners::handoff`); the old server drains and exits by itself.
 //! - service manager: this program holds the socket, as systemd does, and
@@ -119,6 +121,11 @@ impl Way {
         }
     }
 
+    /// The same way, with more flags for `serve`.
+    const fn with_flags(self, flags: &'static str) -> Self {
+        Way { flags, ..self }
+    }
+
     const fn shutdown(name: &'static str, server: &'static str, flags: &'static str) -> Self {
         Way {
             name,
@@ -130,13 +137,21 @@ impl Way {
     }
 }
 
-const RESTARTS: [Way; 5] = [
+const RESTARTS: [Way; 6] = [
     Way::restart("axum, SO_REUSEPORT successor", "axum", Socket::ReusePort),
     Way::restart(
         "tower-drain, SO_REUSEPORT successor",
         "drain",
         Socket::ReusePort,
     ),
+    // The sibling makes the drain a restart: no lame duck, readiness stays
+    // healthy, so health checks reaching the old socket never fail.
+    Way::restart(
+        "tower-drain, SO_REUSEPORT successor, --lame-duck 1",
+        "drain",
+        Socket::ReusePort,
+    )
+    .with_flags("--lame-duck 1"),
     Way::restart(
         "axum, socket held by a service manager",
         "axum",
