@@ -394,7 +394,7 @@ impl ListenersBuilder {
             upgrade::start(signal, self.upgrade_timeout, watch.clone())?;
         }
         if serving.notify {
-            tokio::spawn(notify::follow(watch.clone()));
+            watch.inner.follow_steps(Box::new(notify::ServiceManager));
         }
         if let Some(path) = &self.handoff {
             let handoff = Handoff {

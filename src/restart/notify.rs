@@ -15,11 +15,14 @@
 //! systemd would take this process's `STOPPING=1` or `STATUS=` for the
 //! service's.
 
-use std::{future::poll_fn, pin::pin, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::{future::Changes, report::DrainKind, state::Inner, Watch};
+use crate::{
+    report::{DrainKind, DrainReport},
+    state::{Inner, Steps},
+};
 
 /// How much longer than the time left to the deadline the service manager
 /// is asked to wait at a shutdown: for the report and the process's exit.
@@ -56,43 +59,50 @@ pub(crate) fn upgrade_failed(why: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(&status)]);
 }
 
-/// Follows `watch`'s drain: at a shutdown's trigger `STOPPING=1`, with
-/// `EXTEND_TIMEOUT_USEC` until the deadline and a margin, so that a grace
-/// longer than `TimeoutStopSec=` does not get the process killed; then a
-/// `STATUS=` line when the listeners have closed, and the report when the
-/// drain ends. Nothing for a restart.
-pub(crate) async fn follow(watch: Watch) {
-    let inner = watch.inner.clone();
-    until(&inner, |inner| inner.is_triggered().then_some(())).await;
-    if inner.kind() == DrainKind::Restart {
-        return;
-    }
-    let left = inner.until_deadline().unwrap_or_default() + EXIT_MARGIN;
-    let usec = u32::try_from(left.as_micros()).unwrap_or(u32::MAX);
-    let status = format!(
-        "draining: {} connections, {} requests in flight",
-        inner.connections(),
-        inner.requests()
-    );
-    send(&[
-        NotifyState::Stopping,
-        NotifyState::ExtendTimeoutUsec(usec),
-        NotifyState::Status(&status),
-    ]);
-    watch.listeners_closed().await;
-    let status = format!(
-        "draining: listeners closed, {} connections open",
-        inner.connections()
-    );
-    send(&[NotifyState::Status(&status)]);
-    let report = watch.drained().await;
-    send(&[NotifyState::Status(&report.to_string())]);
-}
+/// Follows a drain for the service manager: at a shutdown's trigger
+/// `STOPPING=1`, with `EXTEND_TIMEOUT_USEC` until the deadline and a margin,
+/// so that a grace longer than `TimeoutStopSec=` does not get the process
+/// killed; then a `STATUS=` line when the listeners have closed, and the
+/// report when the drain ends. Nothing for a restart. Each is sent at its
+/// step (see [`Steps`]), so none is lost to a process that exits at once.
+#[derive(Debug)]
+pub(crate) struct ServiceManager;
 
-/// Resolves once `ready` says so, waking at each change of the drain.
-async fn until(inner: &Arc<Inner>, mut ready: impl FnMut(&Inner) -> Option<()>) {
-    let mut changes = pin!(Changes::new(inner.clone()));
-    poll_fn(|cx| changes.as_mut().poll_until(cx, |inner, _| ready(inner))).await;
+impl Steps for ServiceManager {
+    fn triggered(&self, inner: &Inner) {
+        if inner.kind() == DrainKind::Restart {
+            return;
+        }
+        let left = inner.until_deadline().unwrap_or_default() + EXIT_MARGIN;
+        let usec = u32::try_from(left.as_micros()).unwrap_or(u32::MAX);
+        let status = format!(
+            "draining: {} connections, {} requests in flight",
+            inner.connections(),
+            inner.requests()
+        );
+        send(&[
+            NotifyState::Stopping,
+            NotifyState::ExtendTimeoutUsec(usec),
+            NotifyState::Status(&status),
+        ]);
+    }
+
+    fn listeners_closed(&self, inner: &Inner) {
+        if inner.kind() == DrainKind::Restart {
+            return;
+        }
+        let status = format!(
+            "draining: listeners closed, {} connections open",
+            inner.connections()
+        );
+        send(&[NotifyState::Status(&status)]);
+    }
+
+    fn drained(&self, report: &DrainReport) {
+        if report.kind == DrainKind::Shutdown {
+            send(&[NotifyState::Status(&report.to_string())]);
+        }
+    }
 }
 
 fn send(states: &[NotifyState<'_>]) {

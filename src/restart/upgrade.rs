@@ -106,8 +106,11 @@ impl Program {
         watch: &Watch,
     ) -> Result<u32, String> {
         let exe = self.exe.display();
+        // Killed if this task is dropped before the successor took over: a
+        // shutdown that ends the process first must not leave it running.
         let mut child = Command::new(&self.exe)
             .args(&self.args)
+            .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {exe}: {e}"))?;
         let pid = child.id().unwrap_or_default();
@@ -118,6 +121,9 @@ impl Program {
                 biased;
                 () = watch.draining() => {
                     if watch.inner.kind() == DrainKind::Restart {
+                        // The successor serves now and outlives this
+                        // process: never kill it, nor wait for it.
+                        std::mem::forget(child);
                         return Ok(pid);
                     }
                     stop(&mut child).await;

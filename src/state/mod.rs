@@ -112,8 +112,24 @@ pub(crate) struct Inner {
     notify: Arc<Notify>,
     timeline: Mutex<Timeline>,
     report: OnceLock<DrainReport>,
+    /// Told of each step as it is taken (see [`Steps`]); set once.
+    steps: OnceLock<Box<dyn Steps>>,
     runtime: Option<Handle>,
     epoch: Instant,
+}
+
+/// Follows a drain's steps from outside the process, such as a service
+/// manager. Each method runs at its step, on the thread that takes it and
+/// before any waiter is woken for it, so that a process that exits as soon
+/// as the drain has ended has said everything. They must not block for long
+/// nor call back into the drain.
+pub(crate) trait Steps: Send + Sync + 'static {
+    /// The drain was triggered; its kind is settled.
+    fn triggered(&self, inner: &Inner);
+    /// The drain's last listener closed.
+    fn listeners_closed(&self, inner: &Inner);
+    /// The drain ended with `report`.
+    fn drained(&self, report: &DrainReport);
 }
 
 /// When each step of the drain happened; written rarely, under a lock.
@@ -154,6 +170,7 @@ impl Inner {
             notify: Arc::new(Notify::new()),
             timeline: Mutex::default(),
             report: OnceLock::new(),
+            steps: OnceLock::new(),
             runtime: Handle::try_current().ok(),
             epoch: Instant::now(),
         }
@@ -380,6 +397,12 @@ impl Inner {
         self.timeline.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Has `steps` told of each step of the drain from now on, unless
+    /// something already is; says whether it will be.
+    pub(crate) fn follow_steps(&self, steps: Box<dyn Steps>) -> bool {
+        self.steps.set(steps).is_ok()
+    }
+
     /// Notes the trigger, which moved the phase to `to`.
     pub(crate) fn record_trigger(&self, to: Phase) {
         let now = Instant::now();
@@ -395,6 +418,9 @@ impl Inner {
             timeline.drain_started = Some(now);
             drop(timeline);
             self.log_drain_started("drain started");
+        }
+        if let Some(steps) = self.steps.get() {
+            steps.triggered(self);
         }
     }
 
@@ -500,6 +526,9 @@ impl Inner {
                 "drain complete",
             );
         }
+        if let Some(steps) = self.steps.get() {
+            steps.drained(&report);
+        }
         let _ = self.report.set(report);
         self.notify.notify_waiters();
     }
@@ -564,6 +593,9 @@ impl Inner {
                 elapsed = %Rounded(elapsed),
                 "all listeners closed",
             );
+            if let Some(steps) = self.steps.get() {
+                steps.listeners_closed(self);
+            }
         }
         self.changed();
     }
