@@ -36,25 +36,10 @@ mod reference;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: server [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--upgrade-on SIGNAL]
-
-  --addr ADDR     address to listen on (default 127.0.0.1:3000)
-  --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
-  --handoff PATH  take the socket over from the server listening on PATH,
-                  and listen there to hand it to a successor
-  --grace SECS    hard deadline for the drain, in seconds (default 30)
-  --lame-duck SECS
-                  after the signal, report not ready (503 on /healthz) but
-                  go on serving for this long before draining (default 0)
-  --upgrade-on SIGNAL
-                  on this signal (USR2 or USR1), start a successor from the
-                  same executable and arguments and hand it the socket over
-                  --handoff PATH (required with it)";
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = match reference::parse_args(USAGE, false, 3000) {
+    let usage = reference::usage("server", false, 3000);
+    let options = match reference::parse_args(&usage, false, 3000) {
         Ok(options) => options,
         Err(code) => return code,
     };

@@ -47,6 +47,40 @@ pub(crate) struct Options {
     pub(crate) key: Option<PathBuf>,
 }
 
+/// The usage text of `program`, a reference server on 127.0.0.1:`port` by
+/// default; `tls` adds `--cert` and `--key`.
+pub(crate) fn usage(program: &str, tls: bool, port: u16) -> String {
+    let tls_flags = if tls {
+        " [--cert CERT.pem --key KEY.pem]"
+    } else {
+        ""
+    };
+    let tls_help = if tls {
+        "
+  --cert FILE     PEM certificate chain (with --key; default: self-signed for localhost)
+  --key FILE      PEM private key"
+    } else {
+        ""
+    };
+    format!(
+        "\
+usage: {program} [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--upgrade-on SIGNAL]{tls_flags}
+
+  --addr ADDR     address to listen on (default 127.0.0.1:{port})
+  --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
+  --handoff PATH  take the socket over from the server listening on PATH,
+                  and listen there to hand it to a successor
+  --grace SECS    hard deadline for the drain, in seconds (default 30)
+  --lame-duck SECS
+                  after the signal, report not ready (503 on /healthz) but
+                  go on serving for this long before draining (default 0)
+  --upgrade-on SIGNAL
+                  on this signal (USR2 or USR1), start a successor from the
+                  same executable and arguments and hand it the socket over
+                  --handoff PATH (required with it){tls_help}"
+    )
+}
+
 /// Parses the flags; `usage` is printed on error (exit 2), or to standard
 /// output for `-h`/`--help` (exit 0). `tls` allows `--cert` and `--key`;
 /// `port` is the default port on 127.0.0.1.

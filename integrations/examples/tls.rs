@@ -29,44 +29,27 @@ use tokio_rustls::rustls::{
 };
 use tower_drain::TlsAccept;
 
-const USAGE: &str = "\
-usage: tls [--addr ADDR] [--reuse-port] [--handoff PATH] [--grace SECS] [--lame-duck SECS] [--upgrade-on SIGNAL] [--cert CERT.pem --key KEY.pem]
-
-  --addr ADDR     address to listen on (default 127.0.0.1:3443)
-  --reuse-port    bind with SO_REUSEPORT, so a successor can share the port
-  --handoff PATH  take the socket over from the server listening on PATH,
-                  and listen there to hand it to a successor
-  --grace SECS    hard deadline for the drain, in seconds (default 30)
-  --lame-duck SECS
-                  after the signal, report not ready (503 on /healthz) but
-                  go on serving for this long before draining (default 0)
-  --upgrade-on SIGNAL
-                  on this signal (USR2 or USR1), start a successor from the
-                  same executable and arguments and hand it the socket over
-                  --handoff PATH (required with it)
-  --cert FILE     PEM certificate chain (with --key; default: self-signed for localhost)
-  --key FILE      PEM private key";
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = match reference::parse_args(USAGE, true, 3443) {
+    let usage = reference::usage("tls", true, 3443);
+    let options = match reference::parse_args(&usage, true, 3443) {
         Ok(options) => options,
         Err(code) => return code,
     };
     let ((certs, key), self_signed_pem) = match (&options.cert, &options.key) {
         (Some(cert), Some(key)) => match load_pem(cert, key) {
             Ok(pair) => (pair, None),
-            Err(message) => return reference::usage_error(USAGE, &message),
+            Err(message) => return reference::usage_error(&usage, &message),
         },
         (None, None) => match self_signed() {
             Ok((pair, pem)) => (pair, Some(pem)),
             Err(message) => return reference::fail(message),
         },
-        _ => return reference::usage_error(USAGE, "--cert and --key go together"),
+        _ => return reference::usage_error(&usage, "--cert and --key go together"),
     };
     let config = match server_config(certs, key) {
         Ok(config) => config,
-        Err(message) => return reference::usage_error(USAGE, &message),
+        Err(message) => return reference::usage_error(&usage, &message),
     };
     logging::init("info");
     let watch = match reference::watch(&options) {
