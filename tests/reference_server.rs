@@ -126,6 +126,10 @@ async fn bad_flags_exit_two() {
         &["--grace", "soon"],
         &["--addr"],
         &["--addr", "nowhere"],
+        // An upgrade needs a handoff path, and a signal that does not drain.
+        &["--upgrade-on", "USR2"],
+        &["--upgrade-on", "TERM", "--handoff", "/tmp/unused.sock"],
+        &["--upgrade-on", "KILL", "--handoff", "/tmp/unused.sock"],
     ] {
         let (status, stderr) = run(args).await;
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
