@@ -116,8 +116,9 @@ impl Watch {
     /// next read or write, so the server drops it. Starts the drain first if
     /// it has not started. Does nothing once the drain has ended.
     pub fn force(&self) {
-        if self.inner.advance(Phase::Running, Phase::Draining).is_ok() {
-            self.inner.record_trigger(Phase::Draining);
+        // Untimed: straight to `Draining`, whatever the lame duck period.
+        if let Ok(first) = self.inner.trigger(false) {
+            self.inner.record_trigger(first);
         }
         self.inner.force(ForceCause::Force);
     }

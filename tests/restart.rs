@@ -231,3 +231,25 @@ async fn systemd_socket_activate_starts_the_server() {
 
     assert_eq!(terminate(child).await.code(), Some(0));
 }
+
+/// A server in a shutdown's lame duck period refuses a successor on its
+/// handoff path: taking over would trigger the drain a second time and
+/// force it. The successor exits 2, the old server drains cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_refuses_a_successor() {
+    let path = handoff_path("handoff-draining");
+    let handoff = format!("--handoff {}", path.display());
+    let mut server = Process::start("", &format!("--lame-duck 2 {handoff}")).await;
+    server.signal("TERM");
+    server.wait_for_log("lame duck period started").await;
+
+    let addr = server.addr.to_string();
+    let path = path.display().to_string();
+    let (status, stderr) = run(&["--addr", &addr, "--handoff", &path]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already draining"), "{stderr}");
+
+    let report = server.wait_for_log("report=").await;
+    assert!(report.contains("shutdown drained in"), "{report}");
+    assert_eq!(server.exit().await.code(), Some(0));
+}

@@ -193,9 +193,9 @@ async fn upgrade(manager: &mut ServiceManager, main: u32, exe: &Path) -> u32 {
     successor
 }
 
-/// At a shutdown: `STOPPING=1` with a longer stop timeout, the drain's
-/// progress, and the report, all from `main`, which then exits 0.
-async fn shut_down(manager: &mut ServiceManager, main: u32) {
+/// At SIGTERM: `STOPPING=1` with a longer stop timeout, the drain's
+/// progress, and the report of a drain of `kind`, all from `main`.
+async fn shut_down(manager: &mut ServiceManager, main: u32, kind: &str) {
     send_signal(main, "TERM");
     let stopping = manager
         .expect(
@@ -209,10 +209,8 @@ async fn shut_down(manager: &mut ServiceManager, main: u32) {
     manager
         .expect(main, &["STATUS=draining: listeners closed, *"])
         .await;
-    manager
-        .expect(main, &["STATUS=shutdown drained in *"])
-        .await;
-    assert_eq!(reap(main).await, 0);
+    let report = format!("STATUS={kind} drained in *");
+    manager.expect(main, &[&report]).await;
 }
 
 fn refused(addr: SocketAddr) -> bool {
@@ -238,9 +236,26 @@ async fn service_manager_follows_the_service_through_an_upgrade() {
     assert!(one_request(addr, "/").await.is_ok());
 
     // Once the successor is gone, nothing serves the port.
-    shut_down(&mut manager, successor).await;
+    shut_down(&mut manager, successor, "shutdown").await;
+    assert_eq!(reap(successor).await, 0);
     assert!(refused(addr));
     manager.assert_quiet();
+}
+
+/// A socket-activated server's drain leaves the socket to the service
+/// manager (a restart, for readiness), but this main process still ends:
+/// the service manager is told it is stopping, with the drain's progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activated_server_says_it_is_stopping() {
+    let mut manager = ServiceManager::listen("upgrade-activated");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fd = std::os::fd::OwnedFd::from(held.try_clone().unwrap());
+    let prefix = format!("{} {AS_SERVICE_MANAGER}", manager.env());
+    let server = Process::start_with(&prefix, "--addr 127.0.0.1:1", Stdio::from(fd)).await;
+    let pid = server.pid();
+    manager.expect(pid, &["READY=1", "STATUS=serving"]).await;
+    shut_down(&mut manager, pid, "restart").await;
+    assert_eq!(server.exit().await.code(), Some(0));
 }
 
 /// Five upgrades by signal under continuous load: every request answered,
@@ -285,7 +300,8 @@ async fn five_upgrades_under_load_lose_nothing() {
             open.len()
         );
     }
-    shut_down(&mut manager, main).await;
+    shut_down(&mut manager, main, "shutdown").await;
+    assert_eq!(reap(main).await, 0);
     assert!(refused(addr));
 }
 

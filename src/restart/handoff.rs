@@ -352,6 +352,14 @@ impl Handoff {
                 .await;
             return Err(refused);
         }
+        if self.watch.inner.is_triggered() {
+            // A second trigger would force the drain under way.
+            let refused = "this server is already draining";
+            let _ = conn
+                .write_all(format!("{REFUSED}: {refused}\n").as_bytes())
+                .await;
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, refused));
+        }
         tracing::info!(
             sockets = self.sockets.len(),
             "a successor connected; sending the listeners"
@@ -362,6 +370,7 @@ impl Handoff {
             shared.set_elsewhere();
         }
         tracing::info!("the successor accepts on every listener; handing over and draining");
+        self.watch.inner.hand_over();
         self.watch.trigger();
         if let Err(error) = conn.write_all(DONE).await {
             tracing::debug!(%error, "cannot confirm the handoff to the successor");

@@ -390,12 +390,7 @@ impl ListenersBuilder {
             count: sockets.len(),
             notify: self.notify && notify::is_listening(),
         };
-        if let Some(signal) = self.upgrade_on {
-            upgrade::start(signal, self.upgrade_timeout, watch.clone())?;
-        }
-        if serving.notify {
-            watch.inner.follow_steps(Box::new(notify::ServiceManager));
-        }
+        let notify = serving.notify;
         if let Some(path) = &self.handoff {
             let handoff = Handoff {
                 sockets: sockets
@@ -429,6 +424,13 @@ impl ListenersBuilder {
             }
         } else {
             tokio::spawn(serving.announce());
+        }
+        // Last, once nothing can fail: these outlive this call.
+        if let Some(signal) = self.upgrade_on {
+            upgrade::start(signal, self.upgrade_timeout, watch.clone())?;
+        }
+        if notify {
+            watch.inner.follow_steps(Box::new(notify::ServiceManager));
         }
         for listening in &sockets {
             log_socket(origin, &listening.name, &listening.socket);

@@ -9,18 +9,20 @@
 //! message that cannot be sent is logged at debug and otherwise ignored: the
 //! service manager is told, never waited for.
 //!
-//! A drain for a restart ([`DrainKind::Restart`]) sends nothing: the
-//! service lives on in the successor, which has already told the service
-//! manager it is the main process and ready, and with `NotifyAccess=all`
-//! systemd would take this process's `STOPPING=1` or `STATUS=` for the
-//! service's.
+//! A drain after a handoff sends nothing: the service lives on in the
+//! successor, which has already told the service manager it is the main
+//! process and ready, and with `NotifyAccess=all` systemd would take this
+//! process's `STOPPING=1` or `STATUS=` for the service's. Any other drain
+//! ends the main process, a restart of a socket-activated service
+//! ([`DrainKind::Restart`](crate::DrainKind::Restart)) included, and says
+//! so.
 
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 
 use crate::{
-    report::{DrainKind, DrainReport},
+    report::DrainReport,
     state::{Inner, Steps},
 };
 
@@ -63,14 +65,17 @@ pub(crate) fn upgrade_failed(why: &str) {
 /// `STOPPING=1`, with `EXTEND_TIMEOUT_USEC` until the deadline and a margin,
 /// so that a grace longer than `TimeoutStopSec=` does not get the process
 /// killed; then a `STATUS=` line when the listeners have closed, and the
-/// report when the drain ends. Nothing for a restart. Each is sent at its
-/// step (see [`Steps`]), so none is lost to a process that exits at once.
+/// report when the drain ends. Nothing after a handoff, whose successor now
+/// speaks for the service; a drain that leaves the socket to the service
+/// manager (socket activation) still ends this main process, so it is
+/// told. Each is sent at its step (see [`Steps`]), so none is lost to a
+/// process that exits at once.
 #[derive(Debug)]
 pub(crate) struct ServiceManager;
 
 impl Steps for ServiceManager {
     fn triggered(&self, inner: &Inner) {
-        if inner.kind() == DrainKind::Restart {
+        if inner.is_handed_over() {
             return;
         }
         let left = inner.until_deadline().unwrap_or_default() + EXIT_MARGIN;
@@ -88,7 +93,7 @@ impl Steps for ServiceManager {
     }
 
     fn listeners_closed(&self, inner: &Inner) {
-        if inner.kind() == DrainKind::Restart {
+        if inner.is_handed_over() {
             return;
         }
         let status = format!(
@@ -98,8 +103,8 @@ impl Steps for ServiceManager {
         send(&[NotifyState::Status(&status)]);
     }
 
-    fn drained(&self, report: &DrainReport) {
-        if report.kind == DrainKind::Shutdown {
+    fn drained(&self, inner: &Inner, report: &DrainReport) {
+        if !inner.is_handed_over() {
             send(&[NotifyState::Status(&report.to_string())]);
         }
     }

@@ -18,7 +18,7 @@ use tokio::{
 };
 
 use super::notify;
-use crate::{report::DrainKind, Watch};
+use crate::Watch;
 
 /// Default [`ListenersBuilder::upgrade_timeout`](crate::restart::ListenersBuilder::upgrade_timeout).
 pub(crate) const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +75,11 @@ async fn run(mut signal: Signal, program: Program, timeout: Duration, watch: Wat
             _ = signal.recv() => {}
             () = watch.draining() => return,
         }
+        if watch.phase() != crate::Phase::Running {
+            // A shutdown's lame duck period: the handoff refuses successors.
+            tracing::warn!("upgrade signal ignored: the server is shutting down");
+            return;
+        }
         let exe = program.exe.display().to_string();
         tracing::info!(%exe, "upgrade signal received: starting a successor");
         notify::upgrading(&exe);
@@ -120,7 +125,7 @@ impl Program {
             tokio::select! {
                 biased;
                 () = watch.draining() => {
-                    if watch.inner.kind() == DrainKind::Restart {
+                    if watch.inner.is_handed_over() {
                         // The successor serves now and outlives this
                         // process: never kill it, nor wait for it.
                         std::mem::forget(child);

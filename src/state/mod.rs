@@ -94,6 +94,9 @@ pub(crate) struct Inner {
     listener_sockets: Mutex<Slab<Arc<SharedSocket>>>,
     /// Set at the trigger if every listener was held elsewhere too.
     restart: AtomicBool,
+    /// A successor took this process's sockets over the handoff path and
+    /// serves in its place: set before that handoff triggers the drain.
+    handed_over: AtomicBool,
     /// Set once the request-head grace has run out: a connection that
     /// starts its first request head from then on is closed at once.
     heads_expired: AtomicBool,
@@ -129,7 +132,7 @@ pub(crate) trait Steps: Send + Sync + 'static {
     /// The drain's last listener closed.
     fn listeners_closed(&self, inner: &Inner);
     /// The drain ended with `report`.
-    fn drained(&self, report: &DrainReport);
+    fn drained(&self, inner: &Inner, report: &DrainReport);
 }
 
 /// When each step of the drain happened; written rarely, under a lock.
@@ -161,6 +164,7 @@ impl Inner {
             connections: Mutex::new(Slab::new()),
             listener_sockets: Mutex::new(Slab::new()),
             restart: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             heads_expired: AtomicBool::new(false),
             heads_cut_off: AtomicUsize::new(0),
             connections_retired: AtomicUsize::new(0),
@@ -398,9 +402,22 @@ impl Inner {
     }
 
     /// Has `steps` told of each step of the drain from now on, unless
-    /// something already is; says whether it will be.
-    pub(crate) fn follow_steps(&self, steps: Box<dyn Steps>) -> bool {
-        self.steps.set(steps).is_ok()
+    /// something already is.
+    pub(crate) fn follow_steps(&self, steps: Box<dyn Steps>) {
+        let _ = self.steps.set(steps);
+    }
+
+    /// A successor took the sockets over and serves in this process's
+    /// place; called before the handoff triggers the drain.
+    pub(crate) fn hand_over(&self) {
+        self.handed_over.store(true, SeqCst);
+    }
+
+    /// Whether a successor took the sockets over (see
+    /// [`hand_over`](Self::hand_over)): the service's main process is now
+    /// another one.
+    pub(crate) fn is_handed_over(&self) -> bool {
+        self.handed_over.load(SeqCst)
     }
 
     /// Notes the trigger, which moved the phase to `to`.
@@ -527,7 +544,7 @@ impl Inner {
             );
         }
         if let Some(steps) = self.steps.get() {
-            steps.drained(&report);
+            steps.drained(self, &report);
         }
         let _ = self.report.set(report);
         self.notify.notify_waiters();
