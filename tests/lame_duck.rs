@@ -54,7 +54,10 @@ async fn readiness_turns_at_the_signal_while_the_lame_duck_serves() {
     // The report's durations count from the signal, lame duck included.
     let stopped = server.wait_for_log("stopped").await;
     assert!(stopped.contains("(lame duck 3."), "{stopped}");
-    assert!(stopped.contains("shutdown drained in 3."), "{stopped}");
+    // At least the 3 s lame duck (a loaded machine may take longer).
+    let total = stopped.split("shutdown drained in ").nth(1).unwrap();
+    let seconds: f64 = total.split('s').next().unwrap().parse().unwrap();
+    assert!(seconds >= 3.0, "{stopped}");
     assert_eq!(server.exit().await.code(), Some(0));
 }
 

@@ -5,7 +5,7 @@
 //! refusals, not the queue drain itself. That is checked deterministically,
 //! with connections queued before the trigger, by `tests/drain.rs`
 //! (`queued_connections_are_all_served`, `unix_listener_queue_is_drained`),
-//! `tests/tls.rs` and `tests/watch.rs`, which fail when the queue drain is
+//! `integrations/tests/tls.rs` and `tests/watch.rs`, which fail when the queue drain is
 //! skipped.
 
 mod common;

@@ -140,13 +140,15 @@ pub async fn queued(count: usize) -> (TcpListener, Vec<TcpStream>) {
 /// last ACK does, a moment later.
 pub async fn wait_queued(addr: SocketAddr, count: usize) {
     within("the connections to be queued", async {
+        // Polled: the kernel tells no one when its queue grows.
+        let mut poll = tokio::time::interval(Duration::from_millis(1));
         loop {
             let queued = accept_queue_len(addr);
             assert!(queued <= count, "{queued} queued, more than {count}");
             if queued == count {
                 return;
             }
-            tokio::task::yield_now().await;
+            poll.tick().await;
         }
     })
     .await;
