@@ -11,7 +11,7 @@ use std::sync::{
 use socket2::Socket;
 use tokio::sync::Semaphore;
 
-use crate::siblings::Member;
+use crate::siblings::{Member, Tables};
 
 /// One listening socket's standing across processes, shared by its
 /// [`GracefulAccept`](crate::GracefulAccept) and the handoff that may send it.
@@ -67,9 +67,12 @@ impl SharedSocket {
 
     /// Another process serves the socket's address after this one closes
     /// it: it holds the socket too, or a socket in its `SO_REUSEPORT` group
-    /// other than `ours` (the inodes of this process's listeners).
-    pub(crate) fn lives_on(&self, ours: &[u64]) -> bool {
-        self.is_elsewhere() || self.member.is_some_and(|member| member.has_sibling(ours))
+    /// other than this process's own, as `tables` list them.
+    pub(crate) fn lives_on(&self, tables: &Tables) -> bool {
+        self.is_elsewhere()
+            || self
+                .member
+                .is_some_and(|member| tables.has_sibling(&member))
     }
 
     pub(crate) fn is_elsewhere(&self) -> bool {

@@ -14,7 +14,7 @@
 //! belongs to the same user. The table is read once per drain, at the
 //! trigger; on another system nothing is found.
 
-use std::net::SocketAddr;
+use std::{cell::OnceCell, net::SocketAddr};
 
 use socket2::Socket;
 
@@ -54,23 +54,46 @@ impl Member {
     pub(crate) fn inode(&self) -> u64 {
         self.inode
     }
+}
 
-    /// Another socket listens on the same address, and none of `ours` is it.
-    /// A table that cannot be read counts as no sibling: the drain is then
-    /// taken for a shutdown, the cautious answer.
-    pub(crate) fn has_sibling(&self, ours: &[u64]) -> bool {
-        let table = if self.addr.is_ipv4() {
-            "/proc/net/tcp"
-        } else {
-            "/proc/net/tcp6"
-        };
-        match std::fs::read_to_string(table) {
-            Ok(text) => listening_on(&text, &local_address(self.addr)).any(|i| !ours.contains(&i)),
-            Err(error) => {
-                tracing::debug!(%error, table, "cannot look for SO_REUSEPORT siblings");
-                false
-            }
+/// The listening sockets of the network namespace, as far as a drain asks:
+/// each table is read at most once, however many listeners look in it.
+#[derive(Debug)]
+pub(crate) struct Tables {
+    /// The inodes of this process's listeners: never siblings.
+    ours: Vec<u64>,
+    tcp: OnceCell<Option<String>>,
+    tcp6: OnceCell<Option<String>>,
+}
+
+impl Tables {
+    pub(crate) fn new(ours: Vec<u64>) -> Self {
+        Self {
+            ours,
+            tcp: OnceCell::new(),
+            tcp6: OnceCell::new(),
         }
+    }
+
+    /// Another socket listens on `member`'s address, and it is not one of
+    /// ours. A table that cannot be read counts as no sibling: the drain is
+    /// then taken for a shutdown, the cautious answer.
+    pub(crate) fn has_sibling(&self, member: &Member) -> bool {
+        let (cell, path) = if member.addr.is_ipv4() {
+            (&self.tcp, "/proc/net/tcp")
+        } else {
+            (&self.tcp6, "/proc/net/tcp6")
+        };
+        let table = cell.get_or_init(|| match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(error) => {
+                tracing::debug!(%error, path, "cannot look for SO_REUSEPORT siblings");
+                None
+            }
+        });
+        table.as_deref().is_some_and(|text| {
+            listening_on(text, &local_address(member.addr)).any(|i| !self.ours.contains(&i))
+        })
     }
 }
 
@@ -155,15 +178,15 @@ mod tests {
     fn a_second_member_is_a_sibling() {
         let first = member(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let us = Member::of(&first).unwrap();
-        assert!(!us.has_sibling(&[us.inode()]));
+        assert!(!Tables::new(vec![us.inode()]).has_sibling(&us));
 
         let second = member(first.local_addr().unwrap().as_socket().unwrap());
-        assert!(us.has_sibling(&[us.inode()]));
+        assert!(Tables::new(vec![us.inode()]).has_sibling(&us));
         let them = Member::of(&second).unwrap();
-        assert!(!us.has_sibling(&[us.inode(), them.inode()]));
+        assert!(!Tables::new(vec![us.inode(), them.inode()]).has_sibling(&us));
 
         drop(second);
-        assert!(!us.has_sibling(&[us.inode()]));
+        assert!(!Tables::new(vec![us.inode()]).has_sibling(&us));
     }
 
     #[test]

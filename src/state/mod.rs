@@ -38,6 +38,7 @@ pub(crate) use self::{
 use crate::{
     report::{DrainKind, DrainReport, ForceCause, Rounded},
     shared::SharedSocket,
+    siblings::Tables,
 };
 
 /// The shared state behind every clone of a [`Watch`](crate::Watch).
@@ -227,8 +228,9 @@ impl Inner {
     /// drains.
     fn lives_on(&self) -> bool {
         let sockets = self.lock_listener_sockets();
-        let ours: Vec<u64> = sockets.iter().filter_map(|(_, s)| s.inode()).collect();
-        !sockets.is_empty() && sockets.iter().all(|(_, shared)| shared.lives_on(&ours))
+        let ours = sockets.iter().filter_map(|(_, s)| s.inode()).collect();
+        let tables = Tables::new(ours);
+        !sockets.is_empty() && sockets.iter().all(|(_, shared)| shared.lives_on(&tables))
     }
 
     /// What the drain is for; settled before the trigger moves the phase.
