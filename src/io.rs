@@ -165,10 +165,35 @@ fn guard<T>(
     if result.is_pending() {
         slot.register(cx.waker());
         slot.check()?;
-    } else if inner.is_triggered() {
-        slot.touch(inner.elapsed_nanos());
+    } else {
+        touch(slot, inner);
     }
     result
+}
+
+/// [`guard`] for a task that registered before it called: a close after the
+/// check wakes it, so a pending poll needs nothing more.
+#[inline]
+fn guard_registered<T>(
+    slot: &Slot,
+    inner: &Inner,
+    cx: &mut Context<'_>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    slot.check()?;
+    let result = poll(cx);
+    if result.is_ready() {
+        touch(slot, inner);
+    }
+    result
+}
+
+/// From the trigger on, notes that the connection was active now.
+#[inline]
+fn touch(slot: &Slot, inner: &Inner) {
+    if inner.is_triggered() {
+        slot.touch(inner.elapsed_nanos());
+    }
 }
 
 impl Drop for ConnectionToken {
@@ -199,7 +224,7 @@ impl<I: AsyncRead> AsyncRead for TrackedIo<I> {
             // even when the server reads no more (a request pipelined behind
             // a slow one sits in its buffer), and its next flush fails.
             slot.register(cx.waker());
-            guard(slot, inner, cx, |cx| io.poll_read(cx, buf))
+            guard_registered(slot, inner, cx, |cx| io.poll_read(cx, buf))
         })
     }
 }
