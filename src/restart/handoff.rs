@@ -48,7 +48,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use super::sockets::NamedSocket;
+use super::sockets::{invalid, NamedSocket};
 use crate::{shared::SharedSocket, sys, watch::Watch};
 
 /// The first line's prefix; the version changes with any change to the
@@ -157,12 +157,7 @@ pub(crate) async fn connect(
 /// Fails with `InvalidInput` unless `path` is a socket or absent from a
 /// directory that exists.
 fn check_path(path: &Path) -> io::Result<()> {
-    let invalid = |what: &str| {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("handoff path {}: {what}", path.display()),
-        ))
-    };
+    let invalid = |what: &str| Err(invalid(format!("handoff path {}: {what}", path.display())));
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => Ok(()),
         Ok(_) => invalid("exists and is not a socket"),

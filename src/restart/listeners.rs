@@ -161,10 +161,7 @@ impl Listeners {
             })?;
         if socket_is_unix(&self.sockets[at].socket)? != unix {
             let kind = if unix { "a Unix" } else { "a TCP" };
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("listener {name:?} is not {kind} socket"),
-            ));
+            return Err(invalid(format!("listener {name:?} is not {kind} socket")));
         }
         let Listening {
             name,

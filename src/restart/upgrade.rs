@@ -17,7 +17,7 @@ use tokio::{
     signal::unix::{signal, Signal, SignalKind},
 };
 
-use super::notify;
+use super::{notify, sockets::invalid};
 use crate::Watch;
 
 /// Default [`ListenersBuilder::upgrade_timeout`](crate::restart::ListenersBuilder::upgrade_timeout).
@@ -48,17 +48,13 @@ struct Program {
 /// [`std::env::current_exe`] reports.
 pub(crate) fn start(kind: SignalKind, timeout: Duration, watch: Watch) -> io::Result<()> {
     if let Some((_, name)) = DRAIN_SIGNALS.iter().find(|(drains, _)| *drains == kind) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name} drains the server; upgrade on another signal, such as SIGUSR2"),
-        ));
+        return Err(invalid(format!(
+            "{name} drains the server; upgrade on another signal, such as SIGUSR2"
+        )));
     }
     let signal = signal(kind).map_err(|e| {
         let number = kind.as_raw_value();
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("cannot upgrade on signal {number}: {e}"),
-        )
+        invalid(format!("cannot upgrade on signal {number}: {e}"))
     })?;
     let program = Program {
         exe: std::env::current_exe()?,
