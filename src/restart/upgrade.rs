@@ -107,13 +107,15 @@ impl Program {
         watch: &Watch,
     ) -> Result<u32, String> {
         let exe = self.exe.display();
-        // Killed if this task is dropped before the successor took over: a
-        // shutdown that ends the process first must not leave it running.
-        let mut child = Command::new(&self.exe)
+        let child = Command::new(&self.exe)
             .args(&self.args)
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {exe}: {e}"))?;
+        let mut successor = Successor {
+            child,
+            watch: watch.clone(),
+        };
+        let child = &mut successor.child;
         let pid = child.id().unwrap_or_default();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -122,25 +124,41 @@ impl Program {
                 biased;
                 () = watch.draining() => {
                     if watch.inner.is_handed_over() {
-                        // The successor serves now and outlives this
-                        // process: never kill it, nor wait for it.
-                        std::mem::forget(child);
                         return Ok(pid);
                     }
-                    stop(&mut child).await;
+                    stop(child).await;
                     return Err(format!("a shutdown started; stopped the successor (pid {pid})"));
                 }
                 status = child.wait() => {
                     return Err(format!("the successor (pid {pid}) {} before it took over", exited(status)));
                 }
                 () = &mut deadline => {
-                    stop(&mut child).await;
+                    stop(child).await;
                     return Err(format!("the successor (pid {pid}) did not take over within {timeout:?}; stopped it"));
                 }
                 _ = signal.recv() => {
                     tracing::warn!(pid, "upgrade signal ignored: an upgrade is under way");
                 }
             }
+        }
+    }
+}
+
+/// A successor started by an upgrade. Dropped before it took the sockets
+/// over (the server exiting first, its task dropped with the runtime), it
+/// is killed: a shutdown must not leave it running. Once it took over it is
+/// left to run, whenever this is dropped: the handoff marks that
+/// ([`Inner::hand_over`](crate::state::Inner::hand_over)) before it
+/// triggers the drain, so before this process can exit.
+struct Successor {
+    child: Child,
+    watch: Watch,
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if !self.watch.inner.is_handed_over() {
+            let _ = self.child.start_kill();
         }
     }
 }
